@@ -1,0 +1,500 @@
+"""`ray job submit` end to end, and the nightly submitter.
+
+Integration (marked ``integration``): a real Ray head started with ``ray start --head`` (tests/fixtures/ray_head.py)
+whose environment points at the session's SeaweedFS (tests/fixtures/s3.py). A 3-garment x 2-model catalog and a
+tiny student checkpoint go to a fresh bucket; ``ray job submit --working-dir <repo>`` runs ``jobs.catalog_tryon``
+on the head; the job's last stdout line (its JSON summary) and the objects in S3 are checked. Then ``jobs.nightly``
+submits the catalog for the newest student under a fake date (an idempotent re-run: every pair already done) and a
+second submission for the same date is refused.
+
+Fast (unmarked): the nightly submitter's logic without a cluster (newest student, entrypoint, runtime_env, dates,
+exit codes, refusals).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+# tests/conftest.py registers fixture modules; until it lists tests.fixtures.ray_head, import its fixtures here.
+try:
+    from tests import conftest as _conftest
+
+    _REGISTERED = "tests.fixtures.ray_head" in getattr(_conftest, "pytest_plugins", [])
+except ImportError:  # pragma: no cover
+    _REGISTERED = False
+if not _REGISTERED:
+    from tests.fixtures.ray_head import ray_head, ray_head_info  # noqa: F401
+
+GARMENT_COLOURS = {"g-red": (200, 30, 40), "g-green": (30, 160, 60), "g-blue": (40, 60, 200)}
+MODELS = ("m-one", "m-two")
+H = W = 64
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# test data
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def garment_images(colour: tuple[int, int, int], size: int = 96) -> tuple[bytes, bytes]:
+    """A coloured T-shirt-like shape on white, and its mask (white = garment)."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    y, x = np.mgrid[0:size, 0:size]
+    body = (x > size * 0.3) & (x < size * 0.7) & (y > size * 0.25) & (y < size * 0.9)
+    sleeves = (y > size * 0.25) & (y < size * 0.45) & (x > size * 0.12) & (x < size * 0.88)
+    shape = body | sleeves
+    img[shape] = colour
+    mask[shape] = 255
+    return _png(img), _png(mask)
+
+
+def model_image(seed: int, size: int = 96) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 235, np.uint8)
+    y, x = np.mgrid[0:size, 0:size]
+    head = (x - size / 2) ** 2 + (y - size * 0.18) ** 2 < (size * 0.1) ** 2
+    torso = (abs(x - size / 2) < size * 0.2) & (y > size * 0.3) & (y < size * 0.95)
+    img[head] = (220, 180, 150)
+    img[torso] = rng.integers(60, 200, 3, dtype=np.uint8)
+    return _png(img)
+
+
+def tiny_student_bytes() -> tuple[bytes, str]:
+    import torch
+
+    from pfafn.checkpoint import save_checkpoint
+    from pfafn.nn.afwm import NetworkWidths
+    from pfafn.tryon import TryOnModel
+
+    torch.manual_seed(0)
+    model = TryOnModel(NetworkWidths(encoder_channels=(8, 16, 32, 32, 32), fpn_dim=16, flow_channels=(16, 8, 8), ngf=8))
+    buf = io.BytesIO()
+    version = save_checkpoint(buf, warp=model.warp, gen=model.gen, kind="student", meta={"test": "job_submit"})
+    return buf.getvalue(), version
+
+
+def upload_catalog(s3_server, bucket: str) -> dict:
+    """Write garments/models manifests + images, two distill runs (older, newer) with summaries; return URIs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = s3_server.s3fs()
+    base = f"s3://{bucket}"
+    g_rows = []
+    for gid, colour in GARMENT_COLOURS.items():
+        image, mask = garment_images(colour)
+        fs.pipe(f"{bucket}/catalog/garments/{gid}.png", image)
+        fs.pipe(f"{bucket}/catalog/masks/{gid}.png", mask)
+        g_rows.append({"garment_id": gid, "image_uri": f"{base}/catalog/garments/{gid}.png",
+                       "mask_uri": f"{base}/catalog/masks/{gid}.png"})
+    m_rows = []
+    for i, mid in enumerate(MODELS):
+        fs.pipe(f"{bucket}/catalog/models/{mid}.png", model_image(i))
+        m_rows.append({"model_id": mid, "image_uri": f"{base}/catalog/models/{mid}.png"})
+    for name, rows in (("garments", g_rows), ("models", m_rows)):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        fs.pipe(f"{bucket}/catalog/{name}.parquet", buf.getvalue())
+
+    student, version = tiny_student_bytes()
+    fs.pipe(f"{bucket}/distill/run-new/student.pt", student)
+    fs.pipe(f"{bucket}/distill/run-old/student.pt", student)
+    # The older run's summary is written *last* (newest file time): finished_at must win over the file time.
+    fs.pipe(f"{bucket}/distill/run-new/summary.json", json.dumps(
+        {"stage": "distill", "student_checkpoint": f"{base}/distill/run-new/student.pt",
+         "finished_at": "2026-11-26T02:00:00Z", "student_version": version}).encode())
+    fs.pipe(f"{bucket}/distill/run-old/summary.json", json.dumps(
+        {"stage": "distill", "student_checkpoint": "student.pt", "finished_at": "2026-11-20T02:00:00+00:00"}).encode())
+    fs.pipe(f"{bucket}/distill/run-broken/summary.json", b"{not json")
+    return {
+        "garments": f"{base}/catalog/garments.parquet",
+        "models": f"{base}/catalog/models.parquet",
+        "student": f"{base}/distill/run-new/student.pt",
+        "students": f"{base}/distill",
+        "output": f"{base}/tryon",
+        "version": version,
+    }
+
+
+def last_json_line(text: str) -> dict:
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise AssertionError(f"no JSON summary line in:\n{text[-3000:]}")
+
+
+def job_logs(address: str, submission_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address).get_job_logs(submission_id)
+
+
+def job_status(address: str, submission_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(address).get_job_status(submission_id).value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# integration: ray job submit + jobs.nightly against a real head and real S3
+
+
+@pytest.fixture(scope="module")
+def catalog_run(s3_server, ray_head_info):
+    """Upload the catalog and run jobs.catalog_tryon once through `ray job submit`; shared by the checks below."""
+    bucket = s3_server.make_bucket("jobsubmit")
+    uris = upload_catalog(s3_server, bucket)
+    submission_id = f"catalog-it-{uuid.uuid4().hex[:8]}"
+    cmd = [
+        RAY, "job", "submit",
+        "--address", ray_head_info.address,
+        "--submission-id", submission_id,
+        "--working-dir", str(ROOT),
+        "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "runs", "/data"]}),
+        "--",
+        "python", "-m", "jobs.catalog_tryon",
+        "--garments", uris["garments"], "--models", uris["models"], "--student", uris["student"],
+        "--output", uris["output"], "--height", str(H), "--width", str(W), "--tile-size", "2", "--batch-size", "4",
+    ]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, env=ray_head_info.client_env(), capture_output=True, text=True, timeout=240,
+                              cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`ray job submit` did not finish in 240 s; job logs:\n"
+                    f"{job_logs(ray_head_info.address, submission_id)[-4000:]}")
+    wall = time.monotonic() - started
+    logs = job_logs(ray_head_info.address, submission_id)
+    return {"uris": uris, "bucket": bucket, "submission_id": submission_id, "proc": proc, "logs": logs,
+            "status": job_status(ray_head_info.address, submission_id), "wall_s": wall}
+
+
+@pytest.mark.integration
+def test_ray_job_submit_catalog_succeeds(catalog_run):
+    proc, logs = catalog_run["proc"], catalog_run["logs"]
+    detail = f"exit {proc.returncode}; job logs (tail):\n{logs[-6000:]}\nCLI stderr:\n{proc.stderr[-2000:]}"
+    assert catalog_run["status"] == "SUCCEEDED", detail
+    assert proc.returncode == 0, detail
+    summary = last_json_line(logs)
+    assert summary["pairs_total"] == 6, summary
+    assert summary["pairs_ok"] == 6, summary
+    assert summary["pairs_error"] == 0 and summary["pairs_skipped"] == 0, summary
+    assert summary["student_version"] == catalog_run["uris"]["version"]
+    assert summary["height"] == H and summary["width"] == W
+
+
+@pytest.mark.integration
+def test_catalog_outputs_in_s3(catalog_run, s3_server):
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    assert catalog_run["status"] == "SUCCEEDED", catalog_run["logs"][-3000:]
+    fs = s3_server.s3fs()
+    bucket, version = catalog_run["bucket"], catalog_run["uris"]["version"]
+    expected = {f"{bucket}/tryon/{version}/{g}/{m}.jpg" for g in GARMENT_COLOURS for m in MODELS}
+    images = {p for p in fs.find(f"{bucket}/tryon/{version}") if p.endswith(".jpg")}
+    assert images == expected, f"images under the documented keys: got {sorted(images)}"
+    for key in sorted(expected)[:2]:
+        with Image.open(io.BytesIO(fs.cat(key))) as im:
+            assert im.size == (W, H) and im.format == "JPEG"
+    parts = [p for p in fs.find(f"{bucket}/tryon/results") if p.endswith(".parquet")]
+    assert parts, "no results parquet written"
+    rows = []
+    for p in parts:
+        rows += pq.read_table(io.BytesIO(fs.cat(p))).to_pylist()
+    assert len(rows) == 6, rows
+    assert all(r["status"] == "ok" and r["error"] is None for r in rows), rows
+    assert {(r["garment_id"], r["model_id"]) for r in rows} == {(g, m) for g in GARMENT_COLOURS for m in MODELS}
+    assert {r["image_uri"] for r in rows} == {f"s3://{k}" for k in expected}
+    assert {r["student_version"] for r in rows} == {version}
+    assert fs.exists(f"{bucket}/tryon/summary.json") and fs.exists(f"{bucket}/tryon/gallery/index.html")
+    assert not fs.exists(f"{bucket}/tryon/_lock.json"), "the run lock must be released"
+
+
+def _nightly(ray_head_info, uris: dict, date: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "jobs.nightly",
+        "--config", "jobs/configs/nightly.yaml",
+        "--address", ray_head_info.address,
+        "--students", uris["students"], "--garments", uris["garments"], "--models", uris["models"],
+        "--output", uris["output"], "--date", date, "--working-dir", str(ROOT),
+        "--catalog-set", f"height={H}", "--catalog-set", f"width={W}", "--catalog-set", "tile_size=2",
+        "--catalog-set", "batch_size=4", "--timeout", "180",
+    ]
+    env = ray_head_info.client_env()
+    env.pop("RAY_ADDRESS", None)  # --address must be enough
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+
+
+@pytest.mark.integration
+def test_nightly_submits_newest_student_once_per_date(catalog_run, ray_head_info):
+    assert catalog_run["status"] == "SUCCEEDED", "the catalog run this re-runs failed"
+    uris = catalog_run["uris"]
+    date = "1999-12-31"
+    first = _nightly(ray_head_info, uris, date)
+    detail = f"exit {first.returncode}\nstdout:\n{first.stdout[-3000:]}\nstderr:\n{first.stderr[-4000:]}"
+    assert first.returncode == 0, detail
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["submission_id"] == f"catalog-nightly-{date}", summary
+    assert summary["status"] == "SUCCEEDED", detail
+    assert summary["student"] == uris["student"], "must pick the newest finished_at, not the newest file"
+    assert summary["student_time_source"] == "finished_at"
+    job = summary["job_summary"]
+    assert job and job["pairs_total"] == 6 and job["pairs_skipped"] == 6 and job["pairs_ok"] == 0, summary
+    assert job_status(ray_head_info.address, f"catalog-nightly-{date}") == "SUCCEEDED"
+
+    second = _nightly(ray_head_info, uris, date)
+    assert second.returncode == 3, f"a second submission for {date} must be refused: {second.stdout}\n{second.stderr}"
+    refused = json.loads(second.stdout.strip().splitlines()[-1])
+    assert refused["status"] == "ALREADY_SUBMITTED" and refused["existing_status"] == "SUCCEEDED", refused
+    messages = [l for l in second.stderr.splitlines() if l.startswith("error:")]
+    assert len(messages) == 1 and "already" in messages[0] and f"catalog-nightly-{date}" in messages[0], second.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fast: the nightly submitter without a cluster
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture
+def students(tmp_path):
+    root = tmp_path / "distill"
+    for run in ("a", "b", "c"):
+        (root / run).mkdir(parents=True)
+        (root / run / "student.pt").write_bytes(b"x")
+    _write_json(root / "a" / "summary.json", {"student_checkpoint": "student.pt", "finished_at": "2026-11-25T23:30:00-02:00"})
+    _write_json(root / "b" / "summary.json", {"student_checkpoint": str(root / "b" / "student.pt"),
+                                              "finished_at": "2026-11-26T00:30:00Z"})
+    _write_json(root / "c" / "summary.json", {"student_checkpoint": "student.pt"})  # no finished_at: file time
+    os.utime(root / "c" / "summary.json", (1_000_000_000, 1_000_000_000))  # 2001
+    _write_json(root / "junk" / "summary.json", {"stage": "catalog"})  # no student_checkpoint: ignored
+    return root
+
+
+def test_newest_student_by_finished_at(students):
+    from jobs.nightly import newest_student
+
+    best, skipped = newest_student(str(students))
+    # a: 2026-11-26T01:30Z (its -02:00 offset counts) beats b: 00:30Z; c is from 2001 (file time)
+    assert best.checkpoint == str(students / "a" / "student.pt")
+    assert best.time_source == "finished_at"
+    assert len(skipped) == 1 and "junk" in skipped[0]
+
+
+def test_newest_student_falls_back_to_file_time(students):
+    from jobs.nightly import newest_student
+
+    os.utime(students / "c" / "summary.json", None)  # now: newer than a and b
+    best, _ = newest_student(str(students))
+    assert best.checkpoint == str(students / "c" / "student.pt") and best.time_source == "mtime"
+
+
+def test_distill_summary_may_call_it_checkpoint(students):
+    from jobs.nightly import newest_student
+
+    _write_json(students / "d" / "summary.json", {"stage": "distill", "checkpoint": "student.pt", "version": "abc",
+                                                  "finished_at": "2026-12-01T00:00:00Z"})
+    (students / "d" / "student.pt").write_bytes(b"x")
+    _write_json(students / "t" / "summary.json", {"stage": "train_tutor", "checkpoint": "tutor.pt",
+                                                  "finished_at": "2027-01-01T00:00:00Z"})
+    best, skipped = newest_student(str(students))
+    assert best.checkpoint == str(students / "d" / "student.pt") and best.version == "abc"
+    assert any("/t/summary.json" in s for s in skipped), "a tutor summary is never a student"
+
+
+def test_newest_student_errors(tmp_path, students):
+    from jobs.nightly import newest_student
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no distill summary.json"):
+        newest_student(str(tmp_path / "empty"))
+    (students / "a" / "student.pt").unlink()
+    with pytest.raises(ConfigError, match="does not exist"):
+        newest_student(str(students))
+
+
+def _run_main(argv, capsys) -> tuple[int, dict, str]:
+    from jobs.nightly import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, json.loads(out.strip().splitlines()[-1]), err
+
+
+def test_nightly_dry_run_builds_the_submission(students, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, summary, _ = _run_main([
+        "--config", "jobs/configs/nightly.yaml", "--students", str(students), "--garments", "s3://b/g.parquet",
+        "--models", "s3://b/m.parquet", "--output", "s3://b/out", "--date", "2026-03-01", "--dry-run",
+        "--exclude", "/scratch",
+    ], capsys)
+    assert code == 0 and summary["status"] == "DRY_RUN"
+    assert summary["submission_id"] == "catalog-nightly-2026-03-01"
+    assert summary["entrypoint"] == (
+        f"python -m jobs.catalog_tryon --config jobs/configs/catalog.yaml --student {students}/a/student.pt "
+        "--garments s3://b/g.parquet --models s3://b/m.parquet --output s3://b/out --set device=cuda")
+    env = summary["runtime_env"]
+    assert env["working_dir"] == str(ROOT) and ".git" in env["excludes"] and "/scratch" in env["excludes"]
+    assert env["env_vars"]["PFAFN_LOG_LEVEL"] == "INFO"
+
+
+def test_nightly_date_follows_the_time_zone():
+    from jobs.nightly import NightlyConfig, run_date
+
+    day = run_date(NightlyConfig(timezone="Pacific/Kiritimati"))  # UTC+14
+    assert day == dt.datetime.now(dt.timezone(dt.timedelta(hours=14))).date()
+    assert run_date(NightlyConfig(date="2026-02-03")) == dt.date(2026, 2, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--timezone", "Mars/Olympus"], "unknown time zone"),
+    (["--date", "31.12.1999"], "YYYY-MM-DD"),
+    (["--set", "env_vars.AWS_SECRET_ACCESS_KEY=abc"], "looks like a credential"),
+    (["--working-dir", "/"], "does not look like the project"),
+    (["--submission-prefix", "bad id"], "submission_prefix"),
+])
+def test_nightly_refuses_bad_config(students, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(ROOT)
+    code, summary, err = _run_main([
+        "--students", str(students), "--garments", "g.parquet", "--models", "m.parquet", "--output", "o",
+        "--address", "http://127.0.0.1:9", *args,
+    ], capsys)
+    assert code == 2 and summary["status"] == "ERROR", (summary, err)
+    assert message in err
+
+
+def test_nightly_needs_an_address(students, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, summary, err = _run_main(["--students", str(students), "--garments", "g", "--models", "m", "--output", "o"],
+                                   capsys)
+    assert code == 2 and "no cluster address" in err
+
+
+def test_nightly_unreachable_cluster_is_one_line(students, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, summary, err = _run_main([
+        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--address", "http://127.0.0.1:9", "--date", "2026-01-01",
+    ], capsys)
+    assert code == 2 and summary["submission_id"] == "catalog-nightly-2026-01-01"
+    assert summary["student"] == str(students / "a" / "student.pt")
+    assert [l for l in err.splitlines() if l.startswith("error:")] == [
+        l for l in err.splitlines() if "cannot reach the Ray job API" in l]
+
+
+class FakeClient:
+    """Stands in for JobSubmissionClient: records submissions, refuses a known id like the job server does."""
+
+    def __init__(self, existing: dict[str, str] | None = None, race: bool = False):
+        self.jobs = dict(existing or {})
+        self.race = race
+        self.submitted = []
+
+    def get_job_status(self, sid):
+        if sid not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {sid} does not exist.")
+        return self.jobs[sid]
+
+    def submit_job(self, *, entrypoint, submission_id, **kwargs):
+        if self.race:
+            self.jobs[submission_id] = "RUNNING"
+        if submission_id in self.jobs:
+            raise RuntimeError(f"Job with submission_id {submission_id} already exists. Please use a different one.")
+        self.submitted.append((submission_id, entrypoint, kwargs))
+        self.jobs[submission_id] = "PENDING"
+        return submission_id
+
+
+@pytest.mark.parametrize("existing, race, status_word", [
+    ({"catalog-nightly-2026-01-01": "RUNNING"}, False, "is running"),
+    ({"catalog-nightly-2026-01-01": "FAILED"}, False, "already ran"),
+    ({}, True, "is running"),  # lost the race between the check and the submit
+])
+def test_nightly_refuses_a_second_submission(students, capsys, monkeypatch, existing, race, status_word):
+    import jobs.nightly as nightly
+
+    fake = FakeClient(existing, race)
+    monkeypatch.setattr(nightly, "connect", lambda address: fake)
+    monkeypatch.chdir(ROOT)
+    code, summary, err = _run_main([
+        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--address", "http://head:8265", "--date", "2026-01-01", "--no-wait",
+    ], capsys)
+    assert code == 3 and summary["status"] == "ALREADY_SUBMITTED"
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and status_word in lines[0] and "catalog-nightly-2026-01-01" in lines[0]
+    assert not fake.submitted
+
+
+def test_nightly_no_wait_submits_once(students, capsys, monkeypatch):
+    import jobs.nightly as nightly
+
+    fake = FakeClient()
+    monkeypatch.setattr(nightly, "connect", lambda address: fake)
+    monkeypatch.chdir(ROOT)
+    code, summary, _ = _run_main([
+        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--address", "http://head:8265", "--date", "2026-01-02", "--no-wait", "--submission-prefix", "cat",
+    ], capsys)
+    assert code == 0 and summary["status"] == "PENDING" and summary["submission_id"] == "cat-2026-01-02"
+    (sid, entrypoint, kwargs), = fake.submitted
+    assert sid == "cat-2026-01-02" and entrypoint.startswith("python -m jobs.catalog_tryon ")
+    assert kwargs["runtime_env"]["working_dir"] == str(ROOT)
+    assert kwargs["metadata"]["trigger"] == "nightly"
+
+
+@pytest.mark.parametrize("status, driver_code, expected", [
+    ("SUCCEEDED", 0, 0), ("FAILED", 1, 1), ("FAILED", 2, 2), ("FAILED", None, 1), ("STOPPED", None, 1),
+    ("RUNNING", None, 4),
+])
+def test_nightly_exit_codes(status, driver_code, expected):
+    from jobs.nightly import _exit_for
+
+    assert _exit_for(status, driver_code) == expected
+
+
+def test_nightly_explicit_address_beats_the_environment(monkeypatch):
+    from jobs.nightly import _address_env
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://other:8265")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    with _address_env("http://mine:8265"):
+        from ray.dashboard.utils import get_address_for_submission_client
+
+        assert get_address_for_submission_client("http://mine:8265") == "http://mine:8265"
+    assert os.environ["RAY_ADDRESS"] == "http://other:8265" and "RAY_API_SERVER_ADDRESS" not in os.environ
+
+
+def test_nightly_help():
+    proc = subprocess.run([sys.executable, "-m", "jobs.nightly", "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and "--students" in proc.stdout and "Exit status" in proc.stdout
