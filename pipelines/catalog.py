@@ -364,8 +364,14 @@ class TryOnActor:
                 runnable = []
                 images = images[:0]
         meta.update(pair_errors=pair_errors, model_ms=(time.perf_counter() - started) * 1e3,
-                    student_version=self.version, precision=self.precision)
+                    student_version=self.version, precision=self.precision, actor_peak_rss_mb=_peak_rss_mb())
         return meta, images
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _stack_ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -417,7 +423,8 @@ def write_tile(meta: dict, images: np.ndarray, cfg: dict) -> dict:
     dest = storage.join_uri(cfg["output"], RESULTS_DIR, f"part-{cfg['run_id']}-{meta['tile']:06d}.parquet")
     manifests.write_manifest(table, dest)
     n_ok = sum(1 for s in rows["status"] if s == "ok")
-    return {"tile": meta["tile"], "ok": n_ok, "error": len(todo) - n_ok, "results": dest}
+    return {"tile": meta["tile"], "ok": n_ok, "error": len(todo) - n_ok, "results": dest,
+            "actor_peak_rss_mb": meta.get("actor_peak_rss_mb", 0.0), "precision": meta.get("precision", "")}
 
 
 RESULT_COLUMNS = ("garment_id", "model_id", "student_version", "status", "error", "image_uri",
@@ -483,6 +490,7 @@ def run(config: CatalogConfig) -> dict[str, Any]:
                  plan.pairs_total, plan.pairs_skipped, plan.pairs_todo, len(plan.tiles))
         pairs_ok = pairs_error = 0
         actor_plan = None
+        executed: dict[str, Any] = {}
         rejected = _rejected_rows(plan, version, run_id)
         if rejected["garment_id"]:
             manifests.write_manifest(results_table(rejected),
@@ -494,8 +502,9 @@ def run(config: CatalogConfig) -> dict[str, Any]:
             cfg = dataclasses.asdict(config) | {"run_id": run_id, "device": actor_plan.device}
             if not cfg["torch_threads"] and actor_plan.device == "cpu":
                 cfg["torch_threads"] = max(1, int(round(actor_plan.num_cpus * 2)))
-            pairs_ok, errors = _execute(plan, spec, cfg, actor_plan)
-            pairs_error += errors
+            executed = _execute(plan, spec, cfg, actor_plan)
+            pairs_ok = executed["ok"]
+            pairs_error += executed["error"]
         elapsed = time.time() - started
         attempted = pairs_ok + pairs_error
         summary: dict[str, Any] = {
@@ -520,6 +529,8 @@ def run(config: CatalogConfig) -> dict[str, Any]:
             "width": config.width,
             "actors": actor_plan.size if actor_plan else 0,
             "device": actor_plan.device if actor_plan else None,
+            "precision": executed.get("precision") or None,
+            "actor_peak_rss_mb": executed.get("actor_peak_rss_mb"),
         }
         summary["gallery"] = _write_gallery(config, plan, version, run_id, summary)
         summary["exceeded_error_rate"] = bool(attempted and pairs_error / attempted > config.max_error_rate)
@@ -568,7 +579,7 @@ def _write_gallery(config: CatalogConfig, plan: Plan, version: str, run_id: str,
     return gallery.write_html(storage.join_uri(config.output, "gallery", "index.html"), page)
 
 
-def _execute(plan: Plan, spec: StudentSpec, cfg: dict, actor_plan) -> tuple[int, int]:
+def _execute(plan: Plan, spec: StudentSpec, cfg: dict, actor_plan) -> dict[str, Any]:
     import ray
 
     ds = ray.data.from_items(plan.tiles, override_num_blocks=min(len(plan.tiles), 4096))
@@ -584,6 +595,7 @@ def _execute(plan: Plan, spec: StudentSpec, cfg: dict, actor_plan) -> tuple[int,
     )
     written = tried.map(lambda row: write_tile(json.loads(row["meta"]), row["images"], cfg), num_cpus=0.5)
     ok = err = done = 0
+    peak_rss, precision = 0.0, ""
     total = len(plan.tiles)
     # Test-only fault injection: SIGKILL this driver after N committed tiles, to prove kill + re-run semantics.
     kill_after = int(os.environ.get("PFAFN_FAULT_KILL_AFTER_TILES", "0") or 0)
@@ -591,8 +603,10 @@ def _execute(plan: Plan, spec: StudentSpec, cfg: dict, actor_plan) -> tuple[int,
         ok += int(row["ok"])
         err += int(row["error"])
         done += 1
+        peak_rss = max(peak_rss, float(row["actor_peak_rss_mb"]))
+        precision = str(row["precision"])
         if kill_after and done >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         if done == total or done % max(1, total // 20) == 0:
             log.info("tiles %d/%d written: %d ok, %d error pairs", done, total, ok, err)
-    return ok, err
+    return {"ok": ok, "error": err, "actor_peak_rss_mb": round(peak_rss, 1), "precision": precision}

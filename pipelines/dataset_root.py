@@ -1,0 +1,245 @@
+"""The dataset root (``--data URI``) shared by the synthetic generator and the VITON importer.
+
+Layout (docs/datasets.md, docs/architecture.md "Data contracts")::
+
+    {root}/world.json            what the root holds (source, generator, seed, sizes, counts); the identity check
+    {root}/models.parquet        model_id, image_uri, split, parsing_uri, pose_uri, densepose_uri
+    {root}/garments.parquet      garment_id, image_uri, mask_uri
+    {root}/train_pairs.parquet   model_id, garment_id
+    {root}/test_pairs.parquet    model_id, garment_id, paired
+    {root}/ground_truth.parquet  model_id, garment_id, image_uri        (synthetic only)
+    {root}/import_errors.parquet rejected input files / pair lines     (VITON importer only)
+    {root}/summary.json, {root}/runs/{run_id}.json                     the writer's run summaries
+
+This module holds what both writers need: root normalisation, the ``world.json`` identity check, manifests that are
+rewritten only when their content changes, and one way to run chunks of work either in this process (a thread pool)
+or as Ray tasks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+
+from pipelines import manifests, storage
+from pipelines.errors import StageError
+
+log = logging.getLogger(__name__)
+
+DATASET_FORMAT = "pfafn-dataset/1"
+WORLD_JSON = "world.json"
+MANIFEST_FILES = {
+    "models": "models.parquet",
+    "garments": "garments.parquet",
+    "train_pairs": "train_pairs.parquet",
+    "test_pairs": "test_pairs.parquet",
+    "ground_truth": "ground_truth.parquet",
+}
+IMPORT_ERRORS_FILE = "import_errors.parquet"
+EXECUTORS = ("auto", "local", "ray")
+
+
+def normalize_root(uri: str) -> str:
+    """The canonical form of a dataset root: an absolute local path (``file://`` dropped) or ``s3://bucket/prefix``
+    without a trailing slash. Manifests store URIs under this root, so they are absolute."""
+    if not uri:
+        raise StageError("an output location is required (--output)")
+    try:
+        if storage.is_local(uri):
+            return storage.local_path(uri).rstrip("/") or "/"
+        root = uri.rstrip("/")
+        scheme, rest = root.split("://", 1)
+        return "s3://" + rest
+    except storage.StorageError as exc:
+        raise StageError(f"bad output URI: {exc}") from None
+
+
+def manifest_uri(root: str, kind: str) -> str:
+    return storage.join_uri(root, MANIFEST_FILES[kind])
+
+
+def relative_listing(root: str) -> set[str]:
+    """Every object under ``root`` as a path relative to it (one listing; a missing root lists as empty)."""
+    prefix = root.rstrip("/") + "/"
+    out = set()
+    for uri in storage.list_files(root):
+        if uri.startswith(prefix):
+            out.add(uri[len(prefix):])
+    return out
+
+
+def world_differences(existing: Mapping[str, Any], wanted: Mapping[str, Any], keys: Sequence[str] | None = None
+                      ) -> list[str]:
+    """``["persons: 6 != 8", ...]`` for the (top-level) keys whose values differ."""
+    names = list(keys) if keys is not None else sorted(set(existing) | set(wanted))
+    diffs = []
+    for k in names:
+        a, b = existing.get(k), wanted.get(k)
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            diffs.append((k, f"{k}: {json.dumps(a, sort_keys=True)} (existing) != {json.dumps(b, sort_keys=True)} "
+                             "(this run)"))
+    # Derived counts only matter when no setting explains the difference (e.g. a changed generator).
+    settings = [text for k, text in diffs if k != "counts"]
+    return settings or [text for _, text in diffs]
+
+
+def read_world(root: str) -> dict | None:
+    uri = storage.join_uri(root, WORLD_JSON)
+    try:
+        data = storage.read_json(uri)
+    except storage.ObjectNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise StageError(f"{uri} is not a JSON object; this location does not hold a dataset written by this project")
+    return data
+
+
+def claim_root(root: str, world: Mapping[str, Any], identity_keys: Sequence[str] | None = None) -> bool:
+    """Make sure ``root`` holds (or will hold) the dataset described by ``world``.
+
+    The first writer creates ``world.json`` exclusively (so two concurrent runs with different configs cannot both
+    win). When it exists, its ``identity_keys`` (all keys when None) must equal ``world``'s, else :class:`StageError`
+    names the differences. A root that has manifests but no ``world.json`` is refused as well. Returns True when this
+    call created ``world.json``.
+    """
+    uri = storage.join_uri(root, WORLD_JSON)
+    text = json.dumps(world, indent=2, sort_keys=True) + "\n"
+    existing = read_world(root)
+    if existing is None:
+        if storage.exists(manifest_uri(root, "models")):
+            raise StageError(f"{root} holds models.parquet but no {WORLD_JSON}: it was not written by this project's "
+                             "dataset writers; choose another --output")
+        if storage.write_bytes_if_absent(uri, text.encode("utf-8")):
+            return True
+        existing = read_world(root) or {}
+    diffs = world_differences(existing, world, identity_keys)
+    if diffs:
+        raise StageError(
+            f"{root} already holds a different dataset ({'; '.join(diffs)}); re-run with the same settings to resume, "
+            "or choose another --output (or delete that one)"
+        )
+    return False
+
+
+def write_manifest_if_changed(table: pa.Table, uri: str, kind: str) -> bool:
+    """Write the manifest unless an identical one (same schema and rows) is already there. True if written."""
+    table = manifests.conform(table, kind, uri=uri)
+    try:
+        if storage.exists(uri):
+            existing = manifests.read_table(uri, kind)
+            if existing.schema.equals(table.schema) and existing.equals(table):
+                return False
+    except manifests.ManifestError:
+        pass  # unreadable: replace it
+    manifests.write_manifest(table, uri, kind=kind)
+    return True
+
+
+def write_errors_if_changed(rows: list[Mapping[str, Any]], uri: str) -> bool:
+    return write_manifest_if_changed(manifests.error_table(rows), uri, "errors")
+
+
+def write_summary(root: str, run_id: str, summary: Mapping[str, Any]) -> None:
+    storage.write_json(storage.join_uri(root, "runs", f"{run_id}.json"), dict(summary))
+    storage.write_json(storage.join_uri(root, "summary.json"), dict(summary))
+
+
+def new_run_id() -> str:
+    import uuid
+
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running chunks of work: threads in this process for small jobs, Ray tasks for large ones.
+
+
+def choose_executor(executor: str, units: int, ray_min_items: int) -> str:
+    """``local`` or ``ray``: ``auto`` picks Ray when there are at least ``ray_min_items`` work units."""
+    if executor not in EXECUTORS:
+        raise StageError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "auto":
+        return "ray" if units >= ray_min_items else "local"
+    return executor
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def run_chunks(
+    fn: Callable[[dict, list], dict],
+    spec: dict,
+    chunks: list[list],
+    *,
+    executor: str,
+    workers: int = 4,
+    cpus_per_task: float = 1.0,
+    what: str = "chunk",
+) -> list[dict]:
+    """``[fn(spec, chunk) for chunk in chunks]``, in chunk order, run by a thread pool (``executor="local"``,
+    ``workers`` threads) or as one Ray task per chunk (``executor="ray"``; ``fn`` must be a module-level function).
+
+    Every chunk runs even when one fails; then :class:`StageError` names how many failed and the first reason.
+    """
+    if not chunks:
+        return []
+    results: list[dict | None] = [None] * len(chunks)
+    failures: list[tuple[int, str]] = []
+    if executor == "local":
+        if workers <= 1 or len(chunks) == 1:
+            for k, chunk in enumerate(chunks):
+                try:
+                    results[k] = fn(spec, chunk)
+                except Exception as exc:  # collected, reported below
+                    failures.append((k, f"{type(exc).__name__}: {_one_line(exc)}"))
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=what) as pool:
+                futures = [pool.submit(fn, spec, chunk) for chunk in chunks]
+                for k, fut in enumerate(futures):
+                    try:
+                        results[k] = fut.result()
+                    except Exception as exc:
+                        failures.append((k, f"{type(exc).__name__}: {_one_line(exc)}"))
+    elif executor == "ray":
+        import ray
+
+        from pipelines.ray_env import ensure_ray
+
+        ensure_ray()
+        remote = ray.remote(num_cpus=cpus_per_task, max_retries=2)(fn)
+        spec_ref = ray.put(spec)
+        refs = {remote.remote(spec_ref, chunk): k for k, chunk in enumerate(chunks)}
+        pending = list(refs)
+        done_count = 0
+        last_log = time.time()
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=min(len(pending), 64), timeout=30)
+            for ref in ready:
+                k = refs[ref]
+                try:
+                    results[k] = ray.get(ref)
+                except Exception as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    failures.append((k, f"{type(cause).__name__}: {_one_line(cause)}"))
+                done_count += 1
+            if time.time() - last_log > 30 or not pending:
+                log.info("%s: %d/%d Ray tasks done", what, done_count, len(chunks))
+                last_log = time.time()
+    else:
+        raise StageError(f"unknown executor {executor!r}")
+    if failures:
+        failures.sort()
+        k, reason = failures[0]
+        raise StageError(f"{len(failures)} of {len(chunks)} {what} tasks failed; first (#{k}): {reason}")
+    return [r for r in results if r is not None]
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) * 2))
