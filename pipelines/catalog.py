@@ -20,8 +20,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import manifests, storage
+from pipelines.batch import (decode_garment, decode_photo, error_reason, peak_rss_mb, progress, resolve_precision,
+                             stack_ragged, stream_units)
 from pipelines.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -209,41 +209,6 @@ def plan_tiles(config: CatalogConfig, student_version: str) -> Plan:
 # Stage 1 (CPU tasks): decode a tile.
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
-    return " ".join(text.split())[:300]
-
-
-def _decode_garment(image_uri: str, mask_uri: str, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    from pfafn import garment_mask, imageio
-
-    data = storage.read_bytes(image_uri, max_bytes=cfg["max_image_bytes"])
-    image = imageio.decode_image(data, max_pixels=cfg["max_image_pixels"])
-    if mask_uri:
-        mask_data = storage.read_bytes(mask_uri, max_bytes=cfg["max_image_bytes"])
-        mask = imageio.decode_mask(mask_data, max_pixels=cfg["max_image_pixels"])
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the garment image is {image.shape[1]}x{image.shape[0]}")
-    else:
-        extracted = garment_mask.extract_garment_mask(image)
-        if extracted.confidence < cfg["min_mask_confidence"]:
-            raise garment_mask.GarmentMaskError(
-                f"low mask confidence {extracted.confidence:.2f} < {cfg['min_mask_confidence']:.2f}"
-            )
-        mask = extracted.mask.astype(np.float32)
-    fitted = imageio.fit_image(image, cfg["height"], cfg["width"])
-    fitted_mask = imageio.fit_mask(mask, cfg["height"], cfg["width"])
-    return fitted, (fitted_mask > 0.5).astype(np.uint8) * 255
-
-
-def _decode_model(image_uri: str, cfg: dict) -> np.ndarray:
-    from pfafn import imageio
-
-    data = storage.read_bytes(image_uri, max_bytes=cfg["max_image_bytes"])
-    image = imageio.decode_image(data, max_pixels=cfg["max_image_pixels"])
-    return imageio.fit_image(image, cfg["height"], cfg["width"])
-
-
 def decode_tile(row: dict, cfg: dict) -> dict:
     """Read and decode one tile's images; a bad image becomes an error string, never an exception."""
     started = time.perf_counter()
@@ -259,14 +224,14 @@ def decode_tile(row: dict, cfg: dict) -> dict:
     needed_m = set((todo % n_m).tolist())
     for i in sorted(needed_g):
         try:
-            garments[i], masks[i] = _decode_garment(row["garment_uris"][i], row["mask_uris"][i], cfg)
+            garments[i], masks[i] = decode_garment(row["garment_uris"][i], row["mask_uris"][i], cfg)
         except Exception as exc:  # every failure becomes this garment's error rows
-            g_errors[i] = f"garment {type(exc).__name__}: {_one_line(exc)}"
+            g_errors[i] = error_reason("garment", exc)
     for i in sorted(needed_m):
         try:
-            persons[i] = _decode_model(row["model_uris"][i], cfg)
+            persons[i] = decode_photo(row["model_uris"][i], cfg)
         except Exception as exc:
-            m_errors[i] = f"model {type(exc).__name__}: {_one_line(exc)}"
+            m_errors[i] = error_reason("model", exc)
     meta = {"tile": int(row["tile"]), "garment_ids": [str(x) for x in row["garment_ids"]],
             "model_ids": [str(x) for x in row["model_ids"]]}
     meta.update(todo=todo.tolist(), garment_errors=g_errors, model_errors=m_errors,
@@ -276,21 +241,6 @@ def decode_tile(row: dict, cfg: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Stage 2 (actor pool): the model.
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 otherwise."""
-    if precision != "auto":
-        return precision
-    import torch
-
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        native = False
-    return "bf16" if native else "fp32"
 
 
 class TryOnActor:
@@ -317,7 +267,7 @@ class TryOnActor:
             meta, images = self._tile(json.loads(meta_json), garments, masks, persons)
             out_meta.append(json.dumps(meta))
             out_images.append(images)
-        return {"meta": np.array(out_meta, dtype=object), "images": _stack_ragged(out_images)}
+        return {"meta": np.array(out_meta, dtype=object), "images": stack_ragged(out_images)}
 
     def _tile(self, meta: dict, garments, masks, persons) -> tuple[dict, np.ndarray]:
         import torch
@@ -353,34 +303,19 @@ class TryOnActor:
                 with self.mode.autocast(dev):
                     tile = encode_tile(self.model, person_t, garment_t, mask_t, chunk=self.batch_size)
                     for sl, out in tryon_pairs(self.model, tile, g_local, m_local, batch_size=self.batch_size):
-                        tryon = out.tryon.float().clamp(-1, 1)
-                        images[sl] = ((tryon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-                if not np.isfinite(images).all():  # uint8 cannot be NaN; kept for clarity of intent
-                    raise FloatingPointError("non-finite output")
+                        tryon = out.tryon.float()
+                        if not torch.isfinite(tryon).all():
+                            raise FloatingPointError("non-finite try-on output")
+                        images[sl] = ((tryon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             except Exception as exc:  # a model failure fails this tile's pairs, not the job
-                reason = f"model {type(exc).__name__}: {_one_line(exc)}"
+                reason = error_reason("model", exc)
                 for k in runnable:
                     pair_errors[k] = reason
                 runnable = []
                 images = images[:0]
         meta.update(pair_errors=pair_errors, model_ms=(time.perf_counter() - started) * 1e3,
-                    student_version=self.version, precision=self.precision, actor_peak_rss_mb=_peak_rss_mb())
+                    student_version=self.version, precision=self.precision, actor_peak_rss_mb=peak_rss_mb())
         return meta, images
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def _stack_ragged(arrays: list[np.ndarray]) -> np.ndarray:
-    if len(arrays) == 1:
-        return arrays[0][None]
-    out = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):
-        out[i] = a
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -415,7 +350,7 @@ def write_tile(meta: dict, images: np.ndarray, cfg: dict) -> dict:
                 uri = image_key(cfg["output"], version, gid, mid)
                 storage.write_bytes(uri, imageio.encode_jpeg(images[k_image], quality=cfg["jpeg_quality"]))
             except Exception as exc:
-                error, uri = f"write {type(exc).__name__}: {_one_line(exc)}", ""
+                error, uri = error_reason("write", exc), ""
             encode_ms = (time.perf_counter() - t0) * 1e3
             k_image += 1
         _append_row(rows, gid, mid, version, error, uri, decode_ms, model_ms, encode_ms, cfg["run_id"])
@@ -580,33 +515,22 @@ def _write_gallery(config: CatalogConfig, plan: Plan, version: str, run_id: str,
 
 
 def _execute(plan: Plan, spec: StudentSpec, cfg: dict, actor_plan) -> dict[str, Any]:
-    import ray
-
-    ds = ray.data.from_items(plan.tiles, override_num_blocks=min(len(plan.tiles), 4096))
-    decoded = ds.map(lambda row: decode_tile(row, cfg), num_cpus=0.5)
-    tried = decoded.map_batches(
-        TryOnActor,
-        fn_constructor_kwargs={"spec": spec, "cfg": cfg},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actor_plan.size),
-        num_gpus=actor_plan.num_gpus,
-        num_cpus=actor_plan.num_cpus,
-    )
-    written = tried.map(lambda row: write_tile(json.loads(row["meta"]), row["images"], cfg), num_cpus=0.5)
     ok = err = done = 0
     peak_rss, precision = 0.0, ""
     total = len(plan.tiles)
-    # Test-only fault injection: SIGKILL this driver after N committed tiles, to prove kill + re-run semantics.
-    kill_after = int(os.environ.get("PFAFN_FAULT_KILL_AFTER_TILES", "0") or 0)
-    for row in written.iter_rows():
+    for row in stream_units(
+        plan.tiles,
+        decode=lambda row: decode_tile(row, cfg),
+        write=lambda meta, images: write_tile(meta, images, cfg),
+        actor_plan=actor_plan,
+        model_cls=TryOnActor,
+        model_kwargs={"spec": spec, "cfg": cfg},
+    ):
         ok += int(row["ok"])
         err += int(row["error"])
         done += 1
         peak_rss = max(peak_rss, float(row["actor_peak_rss_mb"]))
         precision = str(row["precision"])
-        if kill_after and done >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if done == total or done % max(1, total // 20) == 0:
+        if progress(done, total):
             log.info("tiles %d/%d written: %d ok, %d error pairs", done, total, ok, err)
     return {"ok": ok, "error": err, "actor_peak_rss_mb": round(peak_rss, 1), "precision": precision}

@@ -33,6 +33,10 @@ def ensure_ray(*, num_cpus: int | None = None) -> None:
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
+    if not address:
+        # Pin helper processes that call ray.init() themselves (e.g. Ray Train's placement-group cleaner) to this
+        # cluster; with several local Rays on one machine they would otherwise refuse to pick one.
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     log.info("ray connected: %s", ray.cluster_resources())
 
 

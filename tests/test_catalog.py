@@ -196,7 +196,7 @@ def test_killed_run_then_rerun_exactly_once(tmp_path):
     args = ["--garments", g_uri, "--models", m_uri, "--student", student, "--output", out, "--height", str(SIZE),
             "--width", str(SIZE), "--tile-size", "1", "--batch-size", "4", "--precision", "fp32", "--actors", "1",
             "--set", "cpus_per_actor=0.5", "--set", "torch_threads=1"]
-    killed = _cli(args, {"PFAFN_FAULT_KILL_AFTER_TILES": "2"})
+    killed = _cli(args, {"PFAFN_FAULT_KILL_AFTER_COMMITS": "2"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     # Tasks already in flight on the dead driver's local cluster may still commit for a moment; wait until the
     # results stop changing, then re-run.
