@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -22,6 +23,48 @@ log = logging.getLogger(__name__)
 
 # Test-only fault injection: SIGKILL the driver after N committed units, to prove kill + re-run semantics.
 FAULT_KILL_ENV = "PFAFN_FAULT_KILL_AFTER_COMMITS"
+
+
+@dataclass
+class BatchStageConfig:
+    """The fields every Ray Data model stage shares (catalog try-on, tutor inference); documented in their YAMLs."""
+
+    height: int = 256
+    width: int = 192
+    batch_size: int = 16
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    actors: int = 0
+    cpus_per_actor: float = 0.0
+    torch_threads: int = 0
+    min_mask_confidence: float = 0.5
+    max_image_pixels: int = 40_000_000
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_error_rate: float = 1.0
+    gallery_size: int = 24
+    lock_ttl_s: float = 600.0
+    force_unlock: bool = False
+    run_id: str = ""
+
+    def validate_common(self, stage: str, required: tuple[str, ...]) -> None:
+        from pipelines.errors import StageError
+
+        for name in required:
+            if not getattr(self, name):
+                raise StageError(f"{stage}: --{name.replace('_', '-')} is required")
+        if self.height % 32 or self.width % 32 or self.height < 64 or self.width < 64:
+            raise StageError(f"{stage}: height and width must be multiples of 32 and >= 64, got "
+                             f"{self.height}x{self.width}")
+        if self.batch_size < 1:
+            raise StageError(f"{stage}: batch_size must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise StageError(f"{stage}: precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise StageError(f"{stage}: device must be auto|cpu|cuda, got {self.device!r}")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise StageError(f"{stage}: max_error_rate must be within [0, 1]")
 
 
 def one_line(exc: BaseException) -> str:

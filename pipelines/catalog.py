@@ -21,7 +21,6 @@ import datetime
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -29,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import manifests, storage
-from pipelines.batch import (decode_garment, decode_photo, error_reason, peak_rss_mb, progress, resolve_precision,
+from pipelines.batch import (BatchStageConfig, decode_garment, decode_photo, error_reason, peak_rss_mb, progress, resolve_precision,
                              stack_ragged, stream_units)
 from pipelines.errors import StageError
 
@@ -39,7 +38,7 @@ RESULTS_DIR = "results"
 
 
 @dataclass
-class CatalogConfig:
+class CatalogConfig(BatchStageConfig):
     """Config of the catalog try-on stage (``jobs.catalog_tryon``); every field is documented in jobs/configs/catalog.yaml."""
 
     garments: str = ""
@@ -48,45 +47,20 @@ class CatalogConfig:
     student: str = ""
     official_warp: str = ""
     official_gen: str = ""
-    height: int = 256
-    width: int = 192
-    batch_size: int = 16
     tile_size: int = 16
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    device: str = "auto"
-    actors: int = 0
-    cpus_per_actor: float = 0.0
-    torch_threads: int = 0
     jpeg_quality: int = 95
-    min_mask_confidence: float = 0.5
-    max_image_pixels: int = 40_000_000
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_error_rate: float = 1.0
     gallery_size: int = 36
-    lock_ttl_s: float = 600.0
-    force_unlock: bool = False
-    run_id: str = ""
 
     def validate(self) -> None:
-        for name in ("garments", "models", "output"):
-            if not getattr(self, name):
-                raise StageError(f"catalog: --{name} is required")
+        self.validate_common("catalog", ("garments", "models", "output"))
         if bool(self.student) == bool(self.official_warp or self.official_gen):
             raise StageError("catalog: give either --student or both --official-warp and --official-gen")
         if not self.student and not (self.official_warp and self.official_gen):
             raise StageError("catalog: --official-warp and --official-gen must be given together")
-        if self.height % 32 or self.width % 32 or self.height <= 0 or self.width <= 0:
-            raise StageError(f"catalog: height and width must be positive multiples of 32, got {self.height}x{self.width}")
-        if self.batch_size < 1 or self.tile_size < 1:
-            raise StageError("catalog: batch_size and tile_size must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise StageError(f"catalog: precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise StageError(f"catalog: device must be auto|cpu|cuda, got {self.device!r}")
-        if not 0.0 <= self.max_error_rate <= 1.0:
-            raise StageError("catalog: max_error_rate must be within [0, 1]")
+        if self.tile_size < 1:
+            raise StageError("catalog: tile_size must be >= 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise StageError("catalog: jpeg_quality must be within 1..100")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -406,18 +380,15 @@ def run(config: CatalogConfig) -> dict[str, Any]:
     """Run the catalog stage; returns (and writes under the output) the run summary."""
     import ray
 
-    from pipelines.locking import RunLock
+    from pipelines.locking import lock_output, new_run_id, write_run_summary
     from pipelines.ray_env import ensure_ray, model_actor_plan
 
     config.validate()
     started = time.time()
-    run_id = config.run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    manifests.validate_id(run_id)
+    run_id = new_run_id(config.run_id)
     spec = StudentSpec(config.student, config.official_warp, config.official_gen)
     version = spec.version()
-    storage.makedirs(config.output)
-    lock = RunLock(storage.join_uri(config.output, "_lock.json"), run_id, ttl_s=config.lock_ttl_s)
-    lock.acquire(force=config.force_unlock)
+    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)
     try:
         plan = plan_tiles(config, version)
         log.info("catalog %s: %d garments x %d models (+%d/%d rejected rows): %d pairs, %d done before, %d to do in %d tiles",
@@ -469,8 +440,7 @@ def run(config: CatalogConfig) -> dict[str, Any]:
         }
         summary["gallery"] = _write_gallery(config, plan, version, run_id, summary)
         summary["exceeded_error_rate"] = bool(attempted and pairs_error / attempted > config.max_error_rate)
-        storage.write_json(storage.join_uri(config.output, "runs", f"{run_id}.json"), summary)
-        storage.write_json(storage.join_uri(config.output, "summary.json"), summary)
+        write_run_summary(config.output, run_id, summary)
         return summary
     finally:
         lock.release()

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -588,16 +587,13 @@ def write_unit(meta: dict, features: bytes | None, cfg: dict) -> dict:
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate a try-on run; returns (and writes under the output) the summary; writes the report."""
-    from pipelines.locking import RunLock
+    from pipelines.locking import lock_output, new_run_id, write_run_summary
     from pipelines.ray_env import ensure_ray, model_actor_plan
 
     config.validate()
     started = time.time()
-    run_id = config.run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    manifests.validate_id(run_id)
-    storage.makedirs(config.output)
-    lock = RunLock(storage.join_uri(config.output, "_lock.json"), run_id, ttl_s=config.lock_ttl_s)
-    lock.acquire(force=config.force_unlock)
+    run_id = new_run_id(config.run_id)
+    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)
     try:
         weights = probe_weights(config)
         plan = plan_units(config, weights)
@@ -656,8 +652,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
                         **{k: round(v, 1) for k, v in collected["timings"].items()}},
             "wall_s": round(elapsed, 3),
         }
-        storage.write_json(storage.join_uri(config.output, "runs", f"{run_id}.json"), summary)
-        storage.write_json(storage.join_uri(config.output, "summary.json"), summary)
+        write_run_summary(config.output, run_id, summary)
         return summary
     finally:
         lock.release()

@@ -114,3 +114,25 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def new_run_id(requested: str = "") -> str:
+    """The run id: ``requested`` when given (validated), else a UTC timestamp plus a random suffix."""
+    from pipelines.manifests import validate_id
+
+    run_id = requested or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
+    return validate_id(run_id)
+
+
+def lock_output(output: str, run_id: str, *, ttl_s: float = 600.0, force: bool = False) -> RunLock:
+    """Create the output location and take its run lock (released by ``.release()`` or a ``with`` block)."""
+    storage.makedirs(output)
+    lock = RunLock(storage.join_uri(output, LOCK_NAME), run_id, ttl_s=ttl_s)
+    lock.acquire(force=force)
+    return lock
+
+
+def write_run_summary(output: str, run_id: str, summary: dict) -> None:
+    """Write the summary to ``{output}/runs/{run_id}.json`` (history) and ``{output}/summary.json`` (latest)."""
+    storage.write_json(storage.join_uri(output, "runs", f"{run_id}.json"), summary)
+    storage.write_json(storage.join_uri(output, "summary.json"), summary)

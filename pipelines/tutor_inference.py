@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import manifests, storage
-from pipelines.batch import (decode_garment, error_reason, one_line, progress, resolve_precision, stack_ragged,
+from pipelines.batch import (BatchStageConfig, decode_garment, error_reason, one_line, progress, resolve_precision, stack_ragged,
                              stream_units)
 from pipelines.errors import StageError
 
@@ -48,7 +47,7 @@ REJECTED_DIR = "rejected"
 
 
 @dataclass
-class TutorInferenceConfig:
+class TutorInferenceConfig(BatchStageConfig):
     """Config of the tutor inference stage (``jobs.tutor_inference``); fields documented in
     jobs/configs/tutor_inference.yaml."""
 
@@ -57,49 +56,19 @@ class TutorInferenceConfig:
     output: str = ""
     k: int = 1
     seed: int = 0
-    height: int = 256
-    width: int = 192
-    batch_size: int = 16
     chunk_size: int = 16
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    device: str = "auto"
-    actors: int = 0
-    cpus_per_actor: float = 0.0
-    torch_threads: int = 0
     png_compress_level: int = 6
-    min_mask_confidence: float = 0.5
-    max_image_pixels: int = 40_000_000
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_error_rate: float = 1.0
-    gallery_size: int = 24
-    lock_ttl_s: float = 600.0
-    force_unlock: bool = False
-    run_id: str = ""
 
     def validate(self) -> None:
-        for name in ("data", "tutor", "output"):
-            if not getattr(self, name):
-                raise StageError(f"tutor_inference: --{name} is required")
+        self.validate_common("tutor_inference", ("data", "tutor", "output"))
         if self.k < 1:
             raise StageError(f"tutor_inference: k must be >= 1, got {self.k}")
         if self.seed < 0:
             raise StageError(f"tutor_inference: seed must be >= 0, got {self.seed}")
-        if self.height % 32 or self.width % 32 or self.height < 64 or self.width < 64:
-            raise StageError(
-                f"tutor_inference: height and width must be multiples of 32 and >= 64, got {self.height}x{self.width}"
-            )
-        if self.batch_size < 1 or self.chunk_size < 1:
-            raise StageError("tutor_inference: batch_size and chunk_size must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise StageError(f"tutor_inference: precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise StageError(f"tutor_inference: device must be auto|cpu|cuda, got {self.device!r}")
+        if self.chunk_size < 1:
+            raise StageError("tutor_inference: chunk_size must be >= 1")
         if not 0 <= self.png_compress_level <= 9:
             raise StageError("tutor_inference: png_compress_level must be within 0..9")
-        if not 0.0 <= self.max_error_rate <= 1.0:
-            raise StageError("tutor_inference: max_error_rate must be within [0, 1]")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -554,17 +523,14 @@ def tutor_version_of(uri: str) -> str:
 
 def run(config: TutorInferenceConfig) -> dict[str, Any]:
     """Run tutor inference; returns (and writes under the output) the run summary."""
-    from pipelines.locking import RunLock
+    from pipelines.locking import lock_output, new_run_id, write_run_summary
     from pipelines.ray_env import ensure_ray, model_actor_plan
 
     config.validate()
     started = time.time()
-    run_id = config.run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    manifests.validate_id(run_id)
+    run_id = new_run_id(config.run_id)
     version = tutor_version_of(config.tutor)
-    storage.makedirs(config.output)
-    lock = RunLock(storage.join_uri(config.output, "_lock.json"), run_id, ttl_s=config.lock_ttl_s)
-    lock.acquire(force=config.force_unlock)
+    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)
     try:
         plan = plan_chunks(config, version, run_id)
         plan_s = time.time() - started
@@ -629,8 +595,7 @@ def run(config: TutorInferenceConfig) -> dict[str, Any]:
         }
         summary["gallery"] = _write_gallery(config, plan, version, run_id, summary)
         summary["exceeded_error_rate"] = bool(attempted and err / attempted > config.max_error_rate)
-        storage.write_json(storage.join_uri(config.output, "runs", f"{run_id}.json"), summary)
-        storage.write_json(storage.join_uri(config.output, "summary.json"), summary)
+        write_run_summary(config.output, run_id, summary)
         return summary
     finally:
         lock.release()
