@@ -1,0 +1,568 @@
+"""Stage 2: distil the parser-free student (PF-AFN) from the tutor's fakes with Ray Train.
+
+Pipeline (reads top to bottom)::
+
+    fakes manifest (ok rows of tutor inference) + dataset root ──► one sample per fake: fake image (person wearing
+        the tutor garment g'), real photo, its parsing/DensePose/pose, worn garment g + mask, g' + mask
+        ──► phase 1 "student_warp" (PF warp): AFWM(3) initialised from the tutor's warp except cond_* and
+            aflow_net.netRefine*; L_warp + adjustable KD; first only cond_* / netRefine train, then all (new Adam)
+        ──► phase 2 "student_e2e" (PF end-to-end): AFWM(3) from phase 1 + ResUnetGenerator(7, 4) from scratch;
+            0.25·(L_warp + KD) + gen_PF
+        ──► {output}/student.pt (project format, kind "student"), {output}/official/{warp,gen}_model_final.pth
+            (published format) and {output}/summary.json
+
+Per sample the frozen tutor (eval, no grad) warps the *paired* garment g on the person's 45-channel representation:
+its person features, flows and warped garment are the distillation targets (§4.3 step 4). It also warps g' to
+give the skin mask of gen_PF. Interpretations of the reference are listed in ``docs/training.md``.
+
+Switches kept first-class for the ablation benchmark: ``distill.enabled`` (false = no KD terms) and
+``supervision`` (``real``: the real photo, as published; ``tutor``: WUTON-style, the tutor's own paired try-on
+replaces the real photo as every target).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import manifests, storage
+from pipelines.config import to_dict
+from pipelines.errors import StageError
+from pipelines.train_tutor import tutor_inputs
+from pipelines.training import data as tdata
+from pipelines.training.common import (
+    LossConfig,
+    MetricSums,
+    build_vgg,
+    check_vgg_available,
+    require,
+    utc_now,
+    write_summary,
+)
+from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
+
+log = logging.getLogger(__name__)
+
+STUDENT_FILE = "student.pt"
+OFFICIAL_WARP = "official/warp_model_final.pth"
+OFFICIAL_GEN = "official/gen_model_final.pth"
+WARP_PHASE = "student_warp"
+E2E_PHASE = "student_e2e"
+#: Student warp parameters that are *not* copied from the tutor and that train alone during the freeze epochs.
+FRESH_PREFIXES = ("cond_", "aflow_net.netRefine")
+
+
+@dataclass
+class DistillSwitch:
+    """``enabled``: adjustable KD on (published) or off (the "no distillation" ablation)."""
+
+    enabled: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """Config of ``jobs.distill``; every field is documented in docs/training.md and jobs/configs/distill.yaml."""
+
+    data: str = ""
+    fakes: str = ""
+    tutor: str = ""
+    output: str = ""
+    height: int = 256
+    width: int = 192
+    batch_size: int = 4
+    seed: int = 0
+    ngf: int = 0  # student generator width (0: the tutor's)
+    supervision: str = "real"  # real | tutor
+    distill: DistillSwitch = field(default_factory=DistillSwitch)
+    require_tutor_version: bool = True  # use only fakes made by this tutor checkpoint's version
+    loss: LossConfig = field(default_factory=lambda: LossConfig(vgg="torchvision"))
+    warp: PhaseConfig = field(default_factory=lambda: PhaseConfig(100, 100, 3e-5))
+    e2e: PhaseConfig = field(default_factory=lambda: PhaseConfig(50, 50, 5e-5))
+    freeze_epochs: int = -1  # PF-warp epochs training only cond_*/netRefine (-1: warp.niter, as published)
+    skin_switch_epoch: int = -1  # gen_PF (a, b) switch epoch (-1: e2e.niter, as published)
+    warp_lr_scale: float = 0.2  # e2e warp optimizer lr relative to e2e.lr (published 1e-5 vs 5e-5)
+    val_samples: int = 64
+    val_fraction: float = 0.1
+    gt_samples: int = 64  # unpaired ground-truth evaluation samples (when ground_truth.parquet exists)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    lock_ttl_s: float = 600.0
+    force_unlock: bool = False
+
+    def validate(self) -> None:
+        for flag in ("data", "fakes", "tutor", "output"):
+            require(getattr(self, flag), flag, "distill")
+        if self.height % 32 or self.width % 32 or self.height < 64 or self.width < 64:
+            raise StageError(f"distill: height and width must be multiples of 32 and >= 64, got "
+                             f"{self.height}x{self.width}")
+        if self.supervision not in ("real", "tutor"):
+            raise StageError(f"distill: supervision must be real|tutor, got {self.supervision!r}")
+        if self.batch_size < 1:
+            raise StageError("distill: batch_size must be >= 1")
+        for name in ("warp", "e2e"):
+            if getattr(self, name).epochs < 1:
+                raise StageError(f"distill: {name}.niter + {name}.niter_decay must be >= 1")
+        self.train.validate()
+
+    @property
+    def freeze(self) -> int:
+        return self.warp.niter if self.freeze_epochs < 0 else self.freeze_epochs
+
+    @property
+    def skin_switch(self) -> int:
+        return self.e2e.niter if self.skin_switch_epoch < 0 else self.skin_switch_epoch
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "height": 64, "width": 64, "batch_size": 2, "loss": {"vgg": "off"},
+        "warp": {"niter": 2, "niter_decay": 1, "lr": 1e-3}, "e2e": {"niter": 2, "niter_decay": 1, "lr": 1e-3},
+        "freeze_epochs": 1, "val_samples": 4, "gt_samples": 4,
+        "train": {"num_workers": 2, "cpus_per_worker": 0.25, "decode_cpus": 0.25, "torch_threads": 1},
+    },
+    "cpu": {
+        "height": 128, "width": 96, "batch_size": 4, "loss": {"vgg": "off"},
+        "warp": {"niter": 4, "niter_decay": 4, "lr": 2e-4}, "e2e": {"niter": 4, "niter_decay": 4, "lr": 2e-4},
+        "val_samples": 16, "gt_samples": 16,
+        "train": {"num_workers": 1, "cpus_per_worker": 1.0, "decode_cpus": 0.5},
+    },
+    "published": {
+        "height": 256, "width": 192, "batch_size": 4, "loss": {"vgg": "torchvision"},
+        "warp": {"niter": 100, "niter_decay": 100, "lr": 3e-5}, "e2e": {"niter": 50, "niter_decay": 50, "lr": 5e-5},
+        "val_samples": 256, "gt_samples": 256,
+        "train": {"num_workers": 8, "use_gpu": True, "sync_batchnorm": True, "cpus_per_worker": 4.0,
+                  "decode_cpus": 1.0, "precision": "fp32"},
+    },
+}
+
+TRAIN_FIELDS = ("person", "keypoints", "parsing", "densepose", "garment", "garment_mask", "fake", "fake_garment",
+                "fake_garment_mask")
+VAL_FIELDS = ("person", "parsing", "garment", "garment_mask")
+GT_FIELDS = ("person", "garment", "garment_mask", "target")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Networks and losses (worker side)
+
+
+def _nn():
+    import torch
+    from torch import nn
+
+    from pfafn.nn import AFWM, ResUnetGenerator
+    from pfafn.tryon import compose_tryon
+
+    class StudentNet(nn.Module):
+        """Student warp + generator with the PF end-to-end *training* forward (so DDP sees one forward).
+
+        Children ``warp`` (AFWM(3)) and ``gen`` (ResUnetGenerator(7, 4)): the student checkpoint's keys.
+        """
+
+        def __init__(self, widths, ngf: int) -> None:
+            super().__init__()
+            self.warp = AFWM(3, widths)
+            self.gen = ResUnetGenerator(7, 4, num_downs=5, ngf=ngf)
+
+        def forward(self, fake, masked_garment, binary, composite_region):
+            out = self.warp(fake, masked_garment, binary, intermediates=True)
+            gen_out = self.gen(torch.cat([fake, out.warped_garment.to(fake.dtype), out.warped_mask.to(fake.dtype)], 1))
+            # Training composition: m = sigmoid · warped edge · parsing clothes mask (§4.5).
+            tryon, rendered, m = compose_tryon(gen_out, out.warped_garment, out.warped_mask * composite_region)
+            return out, tryon, rendered, m
+
+    return StudentNet
+
+
+def load_tutor(uri: str, device):
+    """The frozen tutor (eval mode, no grad) and its checkpoint version."""
+    from pfafn.checkpoint import load_checkpoint
+    from pfafn.tutor import TutorModel
+
+    loaded = load_checkpoint(uri, map_location="cpu")
+    if loaded.kind != "tutor":
+        raise StageError(f"distill: {uri} is a {loaded.kind} checkpoint, not a tutor")
+    tutor = TutorModel.from_checkpoint(loaded).to(device).eval()
+    tutor.requires_grad_(False)
+    return tutor, loaded
+
+
+def init_student_warp_from_tutor(student_warp, tutor_warp) -> list[str]:
+    """Copy every tutor warp weight except ``cond_*`` and ``aflow_net.netRefine*`` (reference §4.1, stage 3).
+    Returns the copied keys."""
+    src = tutor_warp.state_dict()
+    dst = student_warp.state_dict()
+    copied = []
+    for k, v in src.items():
+        if k.startswith(FRESH_PREFIXES) or k not in dst or dst[k].shape != v.shape:
+            continue
+        dst[k] = v.detach().clone()
+        copied.append(k)
+    student_warp.load_state_dict(dst)
+    return copied
+
+
+def distill_terms(tutor_out, student_out, target, enabled: bool):
+    """Adjustable KD (§4.6): ``(feature_loss, flow_loss, gate)``; zero losses when ``enabled`` is false."""
+    from pfafn.losses import distillation_gate, distillation_loss
+
+    gate = distillation_gate(tutor_out.warped_garment, student_out.warped_garment, target)
+    if not enabled:
+        zero = student_out.warped_garment.new_zeros((), dtype=gate.dtype)
+        return zero, zero, gate
+    feature, flow = distillation_loss(tutor_out, student_out, gate)
+    return feature, flow, gate
+
+
+def student_inputs(batch, device, tutor, supervision: str) -> dict:
+    """Model tensors + the frozen tutor's paired warp (distillation targets) and, for ``supervision=tutor``, its
+    paired try-on as the target image."""
+    import torch
+
+    x = tutor_inputs(batch, device)
+    x["fake"] = tdata.image_tensor(batch["fake"], device)
+    x["masked_garment"] = x["garment"] * x["binary"]
+    with torch.no_grad():
+        x["tutor_warp"] = tutor.warp(x["rep"], x["masked_garment"], x["binary"], intermediates=True)
+        if supervision == "tutor":
+            tt = tutor(x["rep"], x["person"], x["parsing"], x["densepose"], x["garment"], x["mask"],
+                       cloth_region="parsing")
+            x["real"] = tt.tryon.detach().float()
+            x["target"] = x["real"] * x["target_mask"]
+        else:
+            x["real"] = x["person"]
+    return x
+
+
+def _adam(params, lr):
+    import torch
+
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+
+
+def _warp_parts(pw: dict, feature, flow, gate) -> dict:
+    parts = {f"warp_{k}": v for k, v in pw.items()}
+    parts.update(kd_feature=feature.detach(), kd_flow=flow.detach(), kd_gate_fraction=gate.mean())
+    return parts
+
+
+class _StudentTask(PhaseTask):
+    def __init__(self, config: DistillConfig, widths) -> None:
+        self.config = config
+        self.widths = widths
+
+    def _frozen(self, device) -> dict:
+        tutor, _ = load_tutor(self.config.tutor, device)
+        return {"tutor": tutor, "vgg": build_vgg(self.config.loss, device)}
+
+    def _tryon_view(self, warp, gen):
+        import torch
+
+        from pfafn.tryon import TryOnModel
+
+        with torch.device("meta"):
+            model = TryOnModel(self.widths)
+        model.warp, model.gen = warp, gen
+        return model
+
+
+class StudentWarpTask(_StudentTask):
+    """Phase 1, PF warp: AFWM(3) with L_warp + adjustable KD; freeze epochs train cond_*/netRefine only."""
+
+    name = WARP_PHASE
+    trainable = ("warp",)
+    val_sets = ("val",)
+
+    def __init__(self, config: DistillConfig, widths) -> None:
+        super().__init__(config, widths)
+        self.phase = config.warp
+
+    def build(self, device) -> dict:
+        import torch
+
+        from pfafn.nn import AFWM
+
+        torch.manual_seed(self.config.seed)
+        return {"warp": AFWM(3, self.widths), **self._frozen(device)}
+
+    def init_weights(self, nets) -> None:
+        init_student_warp_from_tutor(nets["warp"], nets["tutor"].warp)
+
+    def optimizers(self, nets) -> dict:
+        fresh = [p for n, p in nets["warp"].named_parameters() if n.startswith(FRESH_PREFIXES)]
+        return {"fresh": (_adam(fresh, self.phase.lr), 1.0),
+                "all": (_adam(nets["warp"].parameters(), self.phase.lr), 1.0)}
+
+    def active_optimizers(self, epoch: int) -> tuple[str, ...]:
+        return ("fresh",) if epoch < self.config.freeze else ("all",)
+
+    def step(self, nets, batch, epoch, device):
+        from pfafn.losses import warp_loss
+
+        x = student_inputs(batch, device, nets["tutor"], self.config.supervision)
+        out = nets["warp"](x["fake"], x["masked_garment"], x["binary"], intermediates=True)
+        lw, pw = warp_loss(out, x["target"], x["target_mask"], nets["vgg"])
+        feature, flow, gate = distill_terms(x["tutor_warp"], out, x["target"], self.config.distill.enabled)
+        return lw + feature + flow, _warp_parts(pw, feature, flow, gate)
+
+    def evaluate(self, nets, val_iters, epoch, device) -> dict:
+        from pfafn.person import person_clothes
+
+        sums = MetricSums("val_warp")
+        for batch in val_iters["val"].iter_torch_batches(batch_size=self.config.batch_size):
+            person = tdata.image_tensor(batch["person"], device)
+            garment = tdata.image_tensor(batch["garment"], device)
+            binary = (tdata.mask_tensor(batch["garment_mask"], device) > 0.5).float()
+            target, target_mask = person_clothes(person, tdata.label_tensor(batch["parsing"], device))
+            out = nets["warp"](person, garment * binary, binary)
+            sums.add(out.warped_garment * target_mask, target)
+        return sums.result()
+
+
+class StudentE2ETask(_StudentTask):
+    """Phase 2, PF end-to-end: StudentNet with 0.25·(L_warp + KD) + gen_PF."""
+
+    name = E2E_PHASE
+    trainable = ("student",)
+    val_sets = ("val", "val_gt")
+
+    def __init__(self, config: DistillConfig, widths, ngf: int, has_gt: bool) -> None:
+        super().__init__(config, widths)
+        self.phase = config.e2e
+        self.ngf = ngf
+        if not has_gt:
+            self.val_sets = ("val",)
+
+    def build(self, device) -> dict:
+        import torch
+
+        torch.manual_seed(self.config.seed + 1)
+        return {"student": _nn()(self.widths, self.ngf), **self._frozen(device)}
+
+    def init_weights(self, nets) -> None:
+        nets["student"].warp.load_state_dict(load_phase_weights(self.config.output, WARP_PHASE)["warp"])
+
+    def optimizers(self, nets) -> dict:
+        s = nets["student"]
+        return {"warp": (_adam(s.warp.parameters(), self.phase.lr * self.config.warp_lr_scale),
+                         self.config.warp_lr_scale),
+                "gen": (_adam(s.gen.parameters(), self.phase.lr), 1.0)}
+
+    def step(self, nets, batch, epoch, device):
+        import torch
+
+        from pfafn.losses import parser_free_gen_loss, warp_loss
+
+        x = student_inputs(batch, device, nets["tutor"], self.config.supervision)
+        with torch.no_grad():
+            fake_mask = (tdata.mask_tensor(batch["fake_garment_mask"], device) > 0.5).float()
+            fake_garment = tdata.image_tensor(batch["fake_garment"], device)
+            warped_un = nets["tutor"].warp(x["rep"], fake_garment * fake_mask, fake_mask).warped_mask
+            skin = warped_un.float() * (1.0 - x["target_mask"])  # §4.5: warped fake-garment edge × (1 − parsing)
+        out, tryon, rendered, m = nets["student"](x["fake"], x["masked_garment"], x["binary"], x["target_mask"])
+        lw, pw = warp_loss(out, x["target"], x["target_mask"], nets["vgg"])
+        feature, flow, gate = distill_terms(x["tutor_warp"], out, x["target"], self.config.distill.enabled)
+        lg, pg = parser_free_gen_loss(tryon, rendered, m, x["real"], skin, epoch, nets["vgg"],
+                                      switch_epoch=self.config.skin_switch)
+        parts = _warp_parts(pw, feature, flow, gate)
+        parts.update({f"gen_{k}": v for k, v in pg.items()})
+        return 0.25 * (lw + feature + flow) + lg, parts
+
+    def evaluate(self, nets, val_iters, epoch, device) -> dict:
+        model = self._tryon_view(nets["student"].warp, nets["student"].gen)
+        res = {}
+        for name, target_key, prefix in (("val", "person", "val"), ("val_gt", "target", "val_unpaired")):
+            if name not in val_iters:
+                continue
+            sums = MetricSums(prefix)
+            for batch in val_iters[name].iter_torch_batches(batch_size=self.config.batch_size):
+                person = tdata.image_tensor(batch["person"], device)
+                out = model(person, tdata.image_tensor(batch["garment"], device),
+                            tdata.mask_tensor(batch["garment_mask"], device))
+                sums.add(out.tryon, tdata.image_tensor(batch[target_key], device))
+            res.update(sums.result())
+        return res
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def fakes_manifest_uri(fakes: str) -> str:
+    """The fakes manifest of a tutor-inference output: the URI itself when it names a .parquet/.csv file, else
+    ``{fakes}/manifest/`` (``pipelines.tutor_inference``), else ``{fakes}/fakes.parquet``."""
+    if fakes.lower().endswith((".parquet", ".csv")):
+        return fakes
+    manifest_dir = storage.join_uri(fakes, "manifest")
+    try:
+        if storage.list_files(manifest_dir, suffix=".parquet"):
+            return manifest_dir
+    except storage.StorageError:
+        pass
+    return storage.join_uri(fakes, "fakes.parquet")
+
+
+def fake_samples(root: tdata.DatasetRoot, fakes_uri: str, tutor_version: str, require_version: bool,
+                 errors: list[dict]) -> tuple[list[dict], dict]:
+    """One training sample per ok fake whose model and garments are known; everything else becomes an error row."""
+    try:
+        loaded = manifests.load_manifest(fakes_uri, "fakes")
+    except (manifests.ManifestError, storage.StorageError) as exc:
+        raise StageError(f"distill: cannot read the fakes manifest {fakes_uri}: {exc}") from None
+    errors.extend(loaded.rejected.to_pylist())
+    stats = {"fakes_rows": loaded.input_rows, "fakes_rejected": loaded.rejected.num_rows, "fakes_not_ok": 0,
+             "fakes_other_tutor": 0}
+    out = []
+    for r in loaded.rows.to_pylist():
+        key = f"{r['model_id']}__{r['tutor_garment_id']}"
+        if r["status"] != "ok":
+            stats["fakes_not_ok"] += 1
+            continue
+        if require_version and r["tutor_version"] != tutor_version:
+            stats["fakes_other_tutor"] += 1
+            errors.append(tdata.error_row("fakes", key, f"fake made by tutor {r['tutor_version']}, not {tutor_version}",
+                                          r, fakes_uri))
+            continue
+        model = root.models.get(r["model_id"])
+        worn = root.garments.get(r["worn_garment_id"])
+        other = root.garments.get(r["tutor_garment_id"])
+        if model is None or worn is None or other is None:
+            errors.append(tdata.error_row("fakes", key, "model or garment of the fake is not in the dataset root", r,
+                                          fakes_uri))
+            continue
+        if r["tutor_garment_id"] == r["worn_garment_id"]:
+            errors.append(tdata.error_row("fakes", key, "the fake's tutor garment is the worn garment", r, fakes_uri))
+            continue
+        out.append({"sample_key": key, **tdata._person_columns(model), **tdata._garment_columns(worn, "garment"),
+                    "fake_uri": r["image_uri"], **tdata._garment_columns(other, "fake_garment")})
+    out.sort(key=lambda s: s["sample_key"])
+    return out, stats
+
+
+def _datasets(config: DistillConfig, train, val, gt, plan, errors_uri):
+    s = config.train
+    block_rows = s.block_rows or min(512, plan.global_batch * 4)
+    train_spec = tdata.DecodeSpec(config.height, config.width, TRAIN_FIELDS, errors_uri, "fakes")
+    val_spec = tdata.DecodeSpec(config.height, config.width, VAL_FIELDS, errors_uri, "validation")
+    gt_spec = tdata.DecodeSpec(config.height, config.width, GT_FIELDS, errors_uri, "ground_truth")
+    eval_rows = max(1, config.batch_size)
+
+    def make(start_step: int) -> dict:
+        table = tdata.epoch_table(train, plan, config.seed, start_step)
+        out = {"train": tdata.build_dataset(table, train_spec, block_rows=block_rows, decode_cpus=s.decode_cpus),
+               "val": tdata.build_dataset(tdata.sample_table(val), val_spec, block_rows=eval_rows,
+                                          decode_cpus=s.decode_cpus)}
+        if gt:
+            out["val_gt"] = tdata.build_dataset(tdata.sample_table(gt), gt_spec, block_rows=eval_rows,
+                                                decode_cpus=s.decode_cpus)
+        return out
+    return make
+
+
+def run(config: DistillConfig) -> dict[str, Any]:
+    """Distil the student (both phases, resuming where a previous run on this output stopped); return the summary."""
+    from pfafn.checkpoint import export_official, save_checkpoint
+    from pipelines.locking import RunLock
+    from pipelines.ray_env import ensure_ray
+
+    config.validate()
+    started = time.time()
+    check_vgg_available(config.loss)
+    try:
+        _, loaded = load_tutor(config.tutor, "cpu")
+    except StageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreadable / wrong checkpoint: one line
+        raise StageError(f"distill: cannot load the tutor {config.tutor}: {exc}") from None
+    widths = loaded.widths
+    ngf = config.ngf or widths.ngf
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    storage.makedirs(config.output)
+    lock = RunLock(storage.join_uri(config.output, "_lock.json"), run_id, ttl_s=config.lock_ttl_s)
+    lock.acquire(force=config.force_unlock)
+    try:
+        try:
+            root = tdata.load_root(config.data)
+        except tdata.DatasetRootError as exc:
+            raise StageError(f"distill: {exc}") from None
+        errors = list(root.errors)
+        fakes_uri = fakes_manifest_uri(config.fakes)
+        train, fake_stats = fake_samples(root, fakes_uri, loaded.version, config.require_tutor_version, errors)
+        if not train:
+            raise StageError(f"distill: no usable ok fakes in {fakes_uri} for tutor {loaded.version} "
+                             f"({fake_stats})")
+        _, val = tdata.split_train_val(root, config.val_samples, config.val_fraction, config.seed, [])
+        gt = tdata.unpaired_ground_truth_samples(root, config.gt_samples, errors)
+        ensure_ray()
+        s = config.train
+        errors_uri = storage.join_uri(config.output, tdata.ERROR_ROWS_DIR)
+        key_extra = {"data": config.data, "fakes": fakes_uri, "tutor": loaded.version, "seed": config.seed,
+                     "size": [config.height, config.width], "supervision": config.supervision,
+                     "distill": config.distill.enabled, "ngf": ngf}
+        phases: dict[str, dict] = {}
+        tasks = ((StudentWarpTask(config, widths), config.warp),
+                 (StudentE2ETask(config, widths, ngf, bool(gt)), config.e2e))
+        for task, phase in tasks:
+            try:
+                plan = tdata.plan_epochs(len(train), config.batch_size, s.num_workers, phase.epochs, phase.max_steps)
+            except tdata.DatasetRootError as exc:
+                raise StageError(f"distill: {exc}") from None
+            phases[task.name] = run_phase(
+                task=task, output=config.output, plan=plan, batch_size=config.batch_size, settings=s,
+                datasets_fn=_datasets(config, train, val, gt, plan, errors_uri),
+                key_extra=dict(key_extra, phase=to_dict(phase), freeze=config.freeze,
+                               after=phases.get(WARP_PHASE, {}).get("plan_key")),
+            )
+        weights = load_phase_weights(config.output, E2E_PHASE)["student"]
+        warp_sd = {k[len("warp."):]: v for k, v in weights.items() if k.startswith("warp.")}
+        gen_sd = {k[len("gen."):]: v for k, v in weights.items() if k.startswith("gen.")}
+        final = phases[E2E_PHASE].get("final_metrics", {})
+        ckpt_uri = storage.join_uri(config.output, STUDENT_FILE)
+        version = save_checkpoint(ckpt_uri, warp=warp_sd, gen=gen_sd, kind="student", meta={
+            "stage": "distill", "data": config.data, "fakes": fakes_uri, "tutor_version": loaded.version,
+            "height": config.height, "width": config.width, "supervision": config.supervision,
+            "distill": config.distill.enabled, "metrics": final,
+        })
+        warp_uri = storage.join_uri(config.output, OFFICIAL_WARP)
+        gen_uri = storage.join_uri(config.output, OFFICIAL_GEN)
+        official = export_official((warp_sd, gen_sd), warp_uri, gen_uri)
+        if official != version:
+            raise StageError(f"distill: exported weights hash to {official}, the checkpoint to {version}")
+        n_errors = tdata.collect_error_rows(config.output, errors)
+        if n_errors:
+            log.warning("distill: %d samples/rows dropped; see %s", n_errors,
+                        storage.join_uri(config.output, tdata.ERRORS_FILE))
+        summary = {
+            "stage": "distill",
+            "run_id": run_id,
+            "data": config.data,
+            "fakes": fakes_uri,
+            "tutor": config.tutor,
+            "tutor_version": loaded.version,
+            "output": config.output,
+            "student_checkpoint": ckpt_uri,
+            "official_warp": warp_uri,
+            "official_gen": gen_uri,
+            "version": version,
+            "supervision": config.supervision,
+            "distill_enabled": config.distill.enabled,
+            "steps": {k: v["steps"] for k, v in phases.items()},
+            "trained_steps": sum(v.get("trained_steps", 0) for v in phases.values()),
+            "skipped": all(v.get("skipped") for v in phases.values()),
+            "train_samples": len(train),
+            "val_samples": len(val),
+            "gt_samples": len(gt),
+            **fake_stats,
+            "error_rows": n_errors,
+            "errors": storage.join_uri(config.output, tdata.ERRORS_FILE) if n_errors else None,
+            "final_metrics": final,
+            "phases": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in phases.items()},
+            "num_workers": s.num_workers,
+            "use_gpu": s.use_gpu,
+            "finished_at": utc_now(),
+            "wall_s": round(time.time() - started, 3),
+        }
+        write_summary(config.output, summary)
+        return summary
+    finally:
+        lock.release()

@@ -1,0 +1,110 @@
+"""Config pieces and helpers both training stages share: network widths, the VGG loss source, metrics, summaries."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import storage
+from pipelines.errors import StageError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass
+class WidthsConfig:
+    """``pfafn.nn.NetworkWidths`` as config (defaults = the published widths)."""
+
+    encoder_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256, 256])
+    fpn_dim: int = 256
+    flow_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
+    ngf: int = 64
+
+    def build(self):
+        from pfafn.nn import NetworkWidths
+
+        return NetworkWidths(encoder_channels=tuple(self.encoder_channels), fpn_dim=self.fpn_dim,
+                             flow_channels=tuple(self.flow_channels), ngf=self.ngf)
+
+
+TINY_WIDTHS = {"encoder_channels": [8, 16, 32, 32, 32], "fpn_dim": 16, "flow_channels": [16, 8, 8], "ngf": 8}
+CPU_WIDTHS = {"encoder_channels": [16, 32, 64, 64, 64], "fpn_dim": 64, "flow_channels": [32, 16, 16], "ngf": 16}
+
+
+@dataclass
+class LossConfig:
+    """``vgg``: ``off`` (no VGG terms), ``torchvision`` (ImageNet VGG19 from the torch hub cache, as published),
+    ``random`` (random weights: exercises the cost and code path only; tests/benchmarks) or a path / s3:// URI of a
+    VGG19 state dict. ``allow_download`` lets ``torchvision`` fetch the file on a machine with internet access."""
+
+    vgg: str | bool = "off"  # YAML reads a bare off/false as False: both mean "off"
+    allow_download: bool = False
+
+
+def build_vgg(loss: LossConfig, device):
+    """The VGG loss module on ``device`` or None; raises ``VGGWeightsUnavailable`` with instructions."""
+    from pfafn.losses import VGGLoss, random_vgg19_features_state_dict
+
+    if loss.vgg is False or str(loss.vgg).lower() in ("", "off", "none", "false"):
+        return None
+    if loss.vgg == "random":
+        return VGGLoss.from_state_dict(random_vgg19_features_state_dict(0)).to(device)
+    return VGGLoss.from_source(loss.vgg, allow_download=loss.allow_download, config_key="loss.vgg").to(device)
+
+
+def check_vgg_available(loss: LossConfig) -> None:
+    """Fail fast on the driver (one clear line) when the configured VGG weights cannot be had."""
+    from pfafn.losses import VGGWeightsUnavailable
+
+    try:
+        build_vgg(loss, "cpu")
+    except VGGWeightsUnavailable as exc:
+        raise StageError(str(exc)) from None
+
+
+class MetricSums:
+    """Running means of per-sample SSIM / PSNR (images in [-1, 1]; PSNR of identical images capped at 100 dB)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.ssim = 0.0
+        self.psnr = 0.0
+        self.n = 0
+
+    def add(self, pred, target) -> None:
+        import torch
+
+        from pfafn.metrics import psnr, ssim, to_unit_range
+
+        p = to_unit_range(pred.float()).clamp(0, 1)
+        t = to_unit_range(target.float()).clamp(0, 1)
+        self.ssim += float(ssim(p, t).sum())
+        self.psnr += float(torch.clamp(psnr(p, t), max=100.0).sum())
+        self.n += int(p.shape[0])
+
+    def result(self) -> dict[str, float]:
+        if not self.n:
+            return {}
+        return {f"{self.prefix}_ssim": self.ssim / self.n, f"{self.prefix}_psnr": self.psnr / self.n,
+                f"{self.prefix}_samples": self.n}
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_summary(output: str, summary: dict[str, Any]) -> None:
+    storage.write_json(storage.join_uri(output, SUMMARY_NAME), summary)
+
+
+def read_summary(output: str) -> dict | None:
+    uri = storage.join_uri(output, SUMMARY_NAME)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def require(value: str, flag: str, stage: str) -> None:
+    if not value:
+        raise StageError(f"{stage}: --{flag} is required")

@@ -1,0 +1,70 @@
+"""Stage 0 on real Ray Train (2 gloo workers, tiny preset): loss falls, a killed run resumes at its saved step,
+a finished run re-run trains nothing, and the tutor checkpoint is in the project format."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipelines.config import build_config
+from pipelines.errors import StageError
+from pipelines.train_tutor import PRESETS, TutorConfig, run
+from pipelines.training.synthetic_root import write_root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    # 14 models: 12 train (3 global steps of 2×2 per epoch), 2 test (validation)
+    return write_root(str(tmp_path_factory.mktemp("tutor-data") / "root"), n_models=14, n_garments=14, n_test=2,
+                      height=64, width=64)
+
+
+def _config(data: str, output: str, *overrides: str) -> TutorConfig:
+    return build_config(TutorConfig, preset=PRESETS["tiny"], overrides=list(overrides),
+                        explicit={"data": data, "output": output})
+
+
+def test_published_preset_needs_vgg_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    cfg = build_config(TutorConfig, preset=PRESETS["published"],
+                       explicit={"data": str(tmp_path), "output": str(tmp_path / "out")})
+    with pytest.raises(StageError, match="VGG19 weights"):
+        run(cfg)
+
+
+def test_tutor_trains_resumes_after_a_kill_and_rerun_does_nothing(ray_session, data_root, tmp_path):
+    from pfafn.checkpoint import load_checkpoint
+
+    out = str(tmp_path / "tutor")
+    common = ("train.checkpoint_every_steps=4", "train.async_upload=false")
+    # 1) a worker dies after step 10 of the warp phase and no retry is allowed: the run fails...
+    with pytest.raises(StageError, match="re-run"):
+        run(_config(data_root, out, *common, "train.fault_kill_at_step=10", "train.fault_phase=tutor_warp",
+                    "train.max_failures=0"))
+    assert os.path.exists(os.path.join(out, "_fault", "tutor_warp.killed"))
+    # 2) ...and the same command resumes from the checkpoint saved before the kill (epoch end at step 9).
+    summary = run(_config(data_root, out, *common))
+    warp = summary["phases"]["tutor_warp"]
+    assert warp["resumed_from_step"] == 9
+    assert warp["trained_steps"] == 24 - 9
+    assert summary["steps"] == {"tutor_warp": 24, "tutor_e2e": 6}
+    # the loss falls over the warp phase (history spans both runs: it is kept in the checkpoint)
+    history = json.load(open(os.path.join(out, "phases", "tutor_warp.json")))["history"]
+    assert [h["step"] for h in history] == list(range(1, 25))
+    losses = [h["loss"] for h in history]
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < first - 0.5, (first, last)
+    # per-epoch validation metrics are reported with the checkpoints
+    e2e = summary["phases"]["tutor_e2e"]
+    assert len(e2e["epoch_metrics"]) == 2 and 0.0 < e2e["final_metrics"]["val_ssim"] <= 1.0
+    assert summary["final_metrics"]["val_psnr"] > 0
+    # the project-format tutor checkpoint
+    loaded = load_checkpoint(summary["checkpoint"])
+    assert loaded.kind == "tutor" and loaded.version == summary["version"]
+    assert json.load(open(os.path.join(out, "summary.json")))["version"] == summary["version"]
+    assert summary["finished_at"].endswith("Z")
+    # 3) a finished run re-run does no training and yields the same tutor
+    again = run(_config(data_root, out, *common))
+    assert again["trained_steps"] == 0 and again["skipped"] is True
+    assert again["version"] == summary["version"]
