@@ -73,22 +73,24 @@ def main(argv=None) -> int:
     from pfafn.checkpoint import save_checkpoint
     from pfafn.tutor import TutorModel
     from pipelines.ray_env import ensure_ray
-    from pipelines.training.fakes import write_fakes
-    from pipelines.training.synthetic_root import write_root
+    from pipelines import synthetic_dataset, tutor_inference
 
     base = args.output or tempfile.mkdtemp(prefix="train-throughput-")
     n = max(8, args.batch_size * max(args.workers) * 2 + 2)
     t0 = time.time()
-    data = write_root(os.path.join(base, "root"), n_models=n, n_garments=n, n_test=2, height=args.height,
-                      width=args.width)
+    data = synthetic_dataset.run(synthetic_dataset.SyntheticDatasetConfig(
+        output=os.path.join(base, "root"), persons=n, garments=n, height=args.height, width=args.width,
+        ground_truth_pairs=2, test_fraction=2 / n, executor="local"))["data"]
     torch.manual_seed(0)
     tutor = TutorModel()  # published widths, random weights (the rate does not depend on the values)
     tutor_uri = os.path.join(base, "tutor.pt")
     save_checkpoint(tutor_uri, warp=tutor.warp, gen=tutor.gen, kind="tutor")
-    fakes = write_fakes(data, tutor_uri, os.path.join(base, "fakes"), height=args.height, width=args.width)
+    ensure_ray()
+    fakes = tutor_inference.run(tutor_inference.TutorInferenceConfig(
+        data=data, tutor=tutor_uri, output=os.path.join(base, "fakes"), height=args.height, width=args.width,
+        precision="bf16", gallery_size=0))["fakes"]
     setup_s = time.time() - t0
     cores = os.cpu_count() or 1
-    ensure_ray()
     results = []
     for w in args.workers:
         threads = args.threads or max(1, cores // w)

@@ -389,14 +389,17 @@ class StudentE2ETask(_StudentTask):
 
 
 def fakes_manifest_uri(fakes: str) -> str:
-    """The fakes manifest of a tutor-inference output: the URI itself when it names a .parquet/.csv file, else
-    ``{fakes}/manifest/`` (``pipelines.tutor_inference``), else ``{fakes}/fakes.parquet``."""
+    """The fakes manifest: ``fakes`` itself when it names a .parquet/.csv file or is the folder of Parquet parts that
+    ``jobs.tutor_inference`` reports as ``fakes``; ``{fakes}/manifest/`` when it is a tutor-inference output root;
+    else ``{fakes}/fakes.parquet``."""
     if fakes.lower().endswith((".parquet", ".csv")):
         return fakes
     manifest_dir = storage.join_uri(fakes, "manifest")
     try:
         if storage.list_files(manifest_dir, suffix=".parquet"):
             return manifest_dir
+        if storage.basename(fakes) == "manifest" and storage.list_files(fakes, suffix=".parquet"):
+            return fakes
     except storage.StorageError:
         pass
     return storage.join_uri(fakes, "fakes.parquet")

@@ -12,23 +12,27 @@ from pipelines.config import build_config
 from pipelines.distill import PRESETS, DistillConfig, distill_terms, run
 from pipelines.errors import StageError
 from pipelines.training.common import TINY_WIDTHS, WidthsConfig
-from pipelines.training.fakes import write_fakes
-from pipelines.training.synthetic_root import write_root
+from tests.dataset_helpers import write_dataset_root
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, ray_session):
     """A dataset root, a random tiny tutor checkpoint and its fakes (12 train persons, 2 test with ground truth)."""
     from pfafn.checkpoint import save_checkpoint
     from pfafn.tutor import TutorModel
 
     base = tmp_path_factory.mktemp("distill-inputs")
-    data = write_root(str(base / "root"), n_models=14, n_garments=14, n_test=2, height=64, width=64)
+    data = write_dataset_root(str(base / "root"), persons=14, garments=14, test=2, height=64, width=64)
     torch.manual_seed(0)
     tutor = TutorModel(WidthsConfig(**TINY_WIDTHS).build())
     tutor_uri = str(base / "tutor.pt")
     save_checkpoint(tutor_uri, warp=tutor.warp, gen=tutor.gen, kind="tutor")
-    fakes = write_fakes(data, tutor_uri, str(base / "fakes"), height=64, width=64)
+    from pipelines import tutor_inference
+
+    fakes = tutor_inference.run(build_config(
+        tutor_inference.TutorInferenceConfig, preset=tutor_inference.PRESETS["tiny"],
+        explicit={"data": data, "tutor": tutor_uri, "output": str(base / "fakes"), "height": 64, "width": 64,
+                  "actors": 1, "cpus_per_actor": 0.5, "gallery_size": 0}))["fakes"]
     return {"data": data, "tutor": tutor_uri, "fakes": fakes}
 
 

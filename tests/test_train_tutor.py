@@ -10,13 +10,13 @@ import pytest
 from pipelines.config import build_config
 from pipelines.errors import StageError
 from pipelines.train_tutor import PRESETS, TutorConfig, run
-from pipelines.training.synthetic_root import write_root
+from tests.dataset_helpers import write_dataset_root
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     # 14 models: 12 train (3 global steps of 2×2 per epoch), 2 test (validation)
-    return write_root(str(tmp_path_factory.mktemp("tutor-data") / "root"), n_models=14, n_garments=14, n_test=2,
+    return write_dataset_root(str(tmp_path_factory.mktemp("tutor-data") / "root"), persons=14, garments=14, test=2,
                       height=64, width=64)
 
 

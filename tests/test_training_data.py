@@ -8,12 +8,12 @@ import pytest
 
 from pipelines import storage
 from pipelines.training import data as tdata
-from pipelines.training.synthetic_root import write_root
+from tests.dataset_helpers import write_dataset_root
 
 
 @pytest.fixture(scope="module")
 def root_uri(tmp_path_factory):
-    return write_root(str(tmp_path_factory.mktemp("train-data") / "root"), n_models=8, n_garments=8, n_test=2,
+    return write_dataset_root(str(tmp_path_factory.mktemp("train-data") / "root"), persons=8, garments=8, test=2,
                       height=64, width=64)
 
 

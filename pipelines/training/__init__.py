@@ -7,5 +7,5 @@
   and checkpoint configs), the per-worker loop (DDP, AMP, LR schedule, checkpoint/resume, per-epoch evaluation,
   fault-injection hook for tests), and the ``PhaseTask`` interface a stage implements;
 - :mod:`pipelines.training.schedule` — the published LR schedule (constant, then linear decay per epoch);
-- :mod:`pipelines.training.synthetic_root` — writes a dataset root from ``SyntheticWorld`` (tests, benchmarks).
+- :mod:`pipelines.training.common` — network widths, the VGG loss setting, paired metrics, summaries.
 """
