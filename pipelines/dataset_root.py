@@ -144,17 +144,6 @@ def write_errors_if_changed(rows: list[Mapping[str, Any]], uri: str) -> bool:
     return write_manifest_if_changed(manifests.error_table(rows), uri, "errors")
 
 
-def write_summary(root: str, run_id: str, summary: Mapping[str, Any]) -> None:
-    storage.write_json(storage.join_uri(root, "runs", f"{run_id}.json"), dict(summary))
-    storage.write_json(storage.join_uri(root, "summary.json"), dict(summary))
-
-
-def new_run_id() -> str:
-    import uuid
-
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Running chunks of work: threads in this process for small jobs, Ray tasks for large ones.
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +38,6 @@ from pipelines.training.common import (
     check_vgg_available,
     require,
     utc_now,
-    write_summary,
 )
 from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
 
@@ -465,7 +463,7 @@ def _datasets(config: DistillConfig, train, val, gt, plan, errors_uri):
 def run(config: DistillConfig) -> dict[str, Any]:
     """Distil the student (both phases, resuming where a previous run on this output stopped); return the summary."""
     from pfafn.checkpoint import export_official, save_checkpoint
-    from pipelines.locking import RunLock
+    from pipelines.locking import lock_output, new_run_id, write_run_summary
     from pipelines.ray_env import ensure_ray
 
     config.validate()
@@ -479,10 +477,8 @@ def run(config: DistillConfig) -> dict[str, Any]:
         raise StageError(f"distill: cannot load the tutor {config.tutor}: {exc}") from None
     widths = loaded.widths
     ngf = config.ngf or widths.ngf
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    storage.makedirs(config.output)
-    lock = RunLock(storage.join_uri(config.output, "_lock.json"), run_id, ttl_s=config.lock_ttl_s)
-    lock.acquire(force=config.force_unlock)
+    run_id = new_run_id()
+    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)
     try:
         try:
             root = tdata.load_root(config.data)
@@ -565,7 +561,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
             "finished_at": utc_now(),
             "wall_s": round(time.time() - started, 3),
         }
-        write_summary(config.output, summary)
+        write_run_summary(config.output, run_id, summary)
         return summary
     finally:
         lock.release()

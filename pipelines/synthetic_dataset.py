@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import dataset_root, manifests, storage
+from pipelines.locking import new_run_id, write_run_summary
 from pipelines.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -388,7 +389,7 @@ def run(config: SyntheticDatasetConfig) -> dict[str, Any]:
     config.validate()
     started = time.perf_counter()
     root = dataset_root.normalize_root(config.output)
-    run_id = dataset_root.new_run_id()
+    run_id = new_run_id()
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
@@ -469,7 +470,7 @@ def run(config: SyntheticDatasetConfig) -> dict[str, Any]:
                               "garments")
         log.warning(summary["warning"])
     try:
-        dataset_root.write_summary(root, run_id, summary)
+        write_run_summary(root, run_id, summary)
     except storage.StorageError as exc:
         raise StageError(f"generate_synthetic: storage error writing the summary: {exc}") from None
     return summary

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,6 @@ from pipelines.training.common import (
     check_vgg_available,
     require,
     utc_now,
-    write_summary,
 )
 from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
 
@@ -283,16 +281,14 @@ def _datasets(config: TutorConfig, root, train, val, plan, errors_uri):
 def run(config: TutorConfig) -> dict[str, Any]:
     """Train the tutor (both phases, resuming where a previous run on this output stopped); return the summary."""
     from pfafn.checkpoint import save_checkpoint
-    from pipelines.locking import RunLock
+    from pipelines.locking import lock_output, new_run_id, write_run_summary
     from pipelines.ray_env import ensure_ray
 
     config.validate()
     started = time.time()
     check_vgg_available(config.loss)
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    storage.makedirs(config.output)
-    lock = RunLock(storage.join_uri(config.output, "_lock.json"), run_id, ttl_s=config.lock_ttl_s)
-    lock.acquire(force=config.force_unlock)
+    run_id = new_run_id()
+    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)
     try:
         try:
             root = tdata.load_root(config.data)
@@ -352,7 +348,7 @@ def run(config: TutorConfig) -> dict[str, Any]:
             "finished_at": utc_now(),
             "wall_s": round(time.time() - started, 3),
         }
-        write_summary(config.output, summary)
+        write_run_summary(config.output, run_id, summary)
         return summary
     finally:
         lock.release()

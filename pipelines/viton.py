@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import dataset_root, manifests, storage
+from pipelines.locking import new_run_id, write_run_summary
 from pipelines.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -609,7 +610,7 @@ def run(config: VitonImportConfig) -> dict[str, Any]:
     config.validate()
     started = time.perf_counter()
     root = dataset_root.normalize_root(config.output)
-    run_id = dataset_root.new_run_id()
+    run_id = new_run_id()
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
@@ -732,7 +733,7 @@ def run(config: VitonImportConfig) -> dict[str, Any]:
     try:
         if dataset_root.read_world(root) != json.loads(json.dumps(world)):
             storage.write_json(storage.join_uri(root, dataset_root.WORLD_JSON), world)
-        dataset_root.write_summary(root, run_id, summary)
+        write_run_summary(root, run_id, summary)
     except storage.StorageError as exc:
         raise StageError(f"import_viton: storage error writing the summary: {exc}") from None
     return summary

@@ -96,10 +96,6 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def write_summary(output: str, summary: dict[str, Any]) -> None:
-    storage.write_json(storage.join_uri(output, SUMMARY_NAME), summary)
-
-
 def read_summary(output: str) -> dict | None:
     uri = storage.join_uri(output, SUMMARY_NAME)
     return storage.read_json(uri) if storage.exists(uri) else None
