@@ -105,7 +105,6 @@ def bench_tiled(model, mode: InferenceMode, persons, garments, masks, pairs, bat
 
 
 def bench_end_to_end(world, n_garments, n_models, h, w, widths, precision, channels_last, batch, tile, tmp) -> dict:
-    import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -21,8 +21,8 @@ import datetime
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -378,7 +378,6 @@ def _rejected_rows(plan: Plan, version: str, run_id: str) -> dict[str, list]:
 
 def run(config: CatalogConfig) -> dict[str, Any]:
     """Run the catalog stage; returns (and writes under the output) the run summary."""
-    import ray
 
     from pipelines.locking import lock_output, new_run_id, write_run_summary
     from pipelines.ray_env import ensure_ray, model_actor_plan

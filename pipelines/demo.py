@@ -119,7 +119,7 @@ def run(config: DemoConfig) -> dict[str, Any]:
     tutor = _stage(2, total, f"train tutor (Ray Train, {config.train_workers} workers)", lambda: train_tutor.run(_cfg(
         train_tutor, {"data": paths["data"], "output": paths["tutor"], **size, **workers}, p)))
     fakes = _stage(3, total, "tutor inference (Ray Data)", lambda: tutor_inference.run(_cfg(tutor_inference, {
-        "data": paths["data"], "tutor": tutor["checkpoint"], "output": paths["fakes"], **size}, p)))
+        "data": data.get("data", paths["data"]), "tutor": tutor["checkpoint"], "output": paths["fakes"], **size}, p)))
     student = _stage(4, total, f"distill student (Ray Train, {config.train_workers} workers)", lambda: distill.run(_cfg(
         distill, {"data": paths["data"], "fakes": fakes["fakes"], "tutor": tutor["checkpoint"],
                   "output": paths["student"], **size, **workers}, p)))
@@ -136,7 +136,7 @@ def run(config: DemoConfig) -> dict[str, Any]:
     summary = {
         "stage": "demo",
         "output": out,
-        "data": paths["data"],
+        "data": data.get("data", paths["data"]),
         "tutor_checkpoint": tutor.get("checkpoint"),
         "fakes": fakes.get("fakes"),
         "fakes_written": fakes.get("fakes_written"),

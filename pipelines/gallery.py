@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 
 from pipelines import storage
 

@@ -33,7 +33,7 @@ from pipelines.training.common import (
     build_vgg,
     check_vgg_available,
     require,
-    utc_now,
+    run_summary,
 )
 from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
 
@@ -327,27 +327,11 @@ def run(config: TutorConfig) -> dict[str, Any]:
         if n_errors:
             log.warning("train_tutor: %d samples/rows dropped; see %s", n_errors,
                         storage.join_uri(config.output, tdata.ERRORS_FILE))
-        summary = {
-            "stage": "train_tutor",
-            "run_id": run_id,
-            "data": config.data,
-            "output": config.output,
-            "checkpoint": ckpt_uri,
-            "version": version,
-            "steps": {k: v["steps"] for k, v in phases.items()},
-            "trained_steps": sum(v.get("trained_steps", 0) for v in phases.values()),
-            "skipped": all(v.get("skipped") for v in phases.values()),
-            "train_samples": len(train),
-            "val_samples": len(val),
-            "error_rows": n_errors,
-            "errors": storage.join_uri(config.output, tdata.ERRORS_FILE) if n_errors else None,
-            "final_metrics": final,
-            "phases": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in phases.items()},
-            "num_workers": s.num_workers,
-            "use_gpu": s.use_gpu,
-            "finished_at": utc_now(),
-            "wall_s": round(time.time() - started, 3),
-        }
+        summary = run_summary(
+            "train_tutor", run_id, config, phases, train_samples=len(train), val_samples=len(val),
+            error_rows=n_errors, errors_uri=storage.join_uri(config.output, tdata.ERRORS_FILE), started=started,
+            final_metrics=final, checkpoint=ckpt_uri, version=version,
+        )
         write_run_summary(config.output, run_id, summary)
         return summary
     finally:

@@ -3,7 +3,6 @@ killed mid-run is retried and the run resumes at its saved step; a finished run 
 published-format export gives the project checkpoint's outputs."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

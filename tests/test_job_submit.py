@@ -184,7 +184,7 @@ def catalog_run(s3_server, ray_head_info):
     try:
         proc = subprocess.run(cmd, env=ray_head_info.client_env(), capture_output=True, text=True, timeout=240,
                               cwd=ROOT)
-    except subprocess.TimeoutExpired as exc:
+    except subprocess.TimeoutExpired:
         pytest.fail(f"`ray job submit` did not finish in 240 s; job logs:\n"
                     f"{job_logs(ray_head_info.address, submission_id)[-4000:]}")
     wall = time.monotonic() - started

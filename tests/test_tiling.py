@@ -1,5 +1,4 @@
 """Tiled try-on (encoders once per tile) must equal the published per-pair pipeline."""
-import numpy as np
 import torch
 
 from pfafn.nn.afwm import NetworkWidths

@@ -104,3 +104,28 @@ def read_summary(output: str) -> dict | None:
 def require(value: str, flag: str, stage: str) -> None:
     if not value:
         raise StageError(f"{stage}: --{flag} is required")
+
+
+def run_summary(stage: str, run_id: str, config, phases: dict, *, train_samples: int, val_samples: int,
+                error_rows: int, errors_uri: str, started: float, final_metrics: dict, **extra: Any) -> dict:
+    """The summary both training stages print and write: stage-specific ``extra`` keys plus the common ones."""
+    import time
+
+    s = config.train
+    summary = {"stage": stage, "run_id": run_id, "data": config.data, "output": config.output, **extra}
+    summary.update({
+        "steps": {k: v["steps"] for k, v in phases.items()},
+        "trained_steps": sum(v.get("trained_steps", 0) for v in phases.values()),
+        "skipped": all(v.get("skipped") for v in phases.values()),
+        "train_samples": train_samples,
+        "val_samples": val_samples,
+        "error_rows": error_rows,
+        "errors": errors_uri if error_rows else None,
+        "final_metrics": final_metrics,
+        "phases": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in phases.items()},
+        "num_workers": s.num_workers,
+        "use_gpu": s.use_gpu,
+        "finished_at": utc_now(),
+        "wall_s": round(time.time() - started, 3),
+    })
+    return summary
