@@ -150,8 +150,8 @@ def run(config: DemoConfig) -> dict[str, Any]:
         "gallery": tryon.get("gallery"),
         "report": report.get("report_md") or report.get("report"),
         "metrics": report.get("metrics"),
-        "tutor_metrics": tutor.get("metrics"),
-        "student_metrics": student.get("metrics"),
+        "tutor_metrics": tutor.get("final_metrics"),
+        "student_metrics": student.get("final_metrics"),
         "wall_s": round(time.time() - started, 1),
     }
     storage.write_json(storage.join_uri(out, "summary.json"), summary)
