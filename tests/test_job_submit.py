@@ -498,3 +498,52 @@ def test_nightly_help():
     proc = subprocess.run([sys.executable, "-m", "jobs.nightly", "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert proc.returncode == 0 and "--students" in proc.stdout and "Exit status" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# integration: stages 0-2 (Ray Train + Ray Data) through `ray job submit`, data and outputs on S3
+
+
+def _submit(ray_head_info, module: str, args: list[str], timeout: int = 420) -> dict:
+    submission_id = f"{module.split('.')[-1].replace('_', '-')}-it-{uuid.uuid4().hex[:8]}"
+    cmd = [RAY, "job", "submit", "--address", ray_head_info.address, "--submission-id", submission_id,
+           "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "runs", "/data"]}),
+           "--", "python", "-m", module, *args]
+    try:
+        proc = subprocess.run(cmd, env=ray_head_info.client_env(), capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{module} did not finish in {timeout} s; job logs:\n"
+                    f"{job_logs(ray_head_info.address, submission_id)[-4000:]}")
+    logs = job_logs(ray_head_info.address, submission_id)
+    status = job_status(ray_head_info.address, submission_id)
+    assert status == "SUCCEEDED" and proc.returncode == 0, f"{module}: {status}, exit {proc.returncode}\n{logs[-6000:]}"
+    return last_json_line(logs)
+
+
+@pytest.mark.integration
+def test_ray_job_submit_training_stages_on_s3(s3_server, ray_head_info):
+    from pipelines import storage
+    from tests.dataset_helpers import write_dataset_root
+
+    bucket = s3_server.make_bucket("trainsubmit")
+    base = f"s3://{bucket}"
+    data = write_dataset_root(f"{base}/world", persons=10, garments=10, test=2, height=H, width=W)
+    short = ["--preset", "tiny", "--set", "warp.max_steps=2", "--set", "e2e.max_steps=2"]
+
+    tutor = _submit(ray_head_info, "jobs.train_tutor", ["--data", data, "--output", f"{base}/tutor", *short])
+    assert tutor["checkpoint"] == f"{base}/tutor/tutor.pt" and storage.exists(tutor["checkpoint"])
+    assert tutor["trained_steps"] == 4, tutor
+
+    fakes = _submit(ray_head_info, "jobs.tutor_inference", [
+        "--data", data, "--tutor", tutor["checkpoint"], "--output", f"{base}/fakes", "--preset", "tiny",
+        "--height", str(H), "--width", str(W)])
+    assert fakes["fakes_written"] == 8 and fakes["fakes_error"] == 0, fakes  # 8 train persons x k=1
+
+    student = _submit(ray_head_info, "jobs.distill", [
+        "--data", data, "--fakes", fakes["fakes"], "--tutor", tutor["checkpoint"], "--output", f"{base}/student",
+        *short])
+    for key in ("student_checkpoint", "official_warp", "official_gen"):
+        assert student[key].startswith(f"{base}/student/") and storage.exists(student[key]), (key, student)
+    assert student["trained_steps"] == 4 and student["finished_at"], student
