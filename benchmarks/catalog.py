@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from pfafn.inference import InferenceMode  # noqa: E402
 from pfafn.metrics import psnr, to_unit_range  # noqa: E402
 from pfafn.nn.afwm import NetworkWidths  # noqa: E402
@@ -42,14 +43,7 @@ TINY = NetworkWidths(encoder_channels=(8, 16, 32, 32, 32), fpn_dim=16, flow_chan
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:

@@ -36,6 +36,8 @@ from pipelines.training.common import (
     MetricSums,
     build_vgg,
     check_vgg_available,
+    adam,
+    e2e_optimizers,
     require,
     run_summary,
 )
@@ -232,12 +234,6 @@ def student_inputs(batch, device, tutor, supervision: str) -> dict:
     return x
 
 
-def _adam(params, lr):
-    import torch
-
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-
-
 def _warp_parts(pw: dict, feature, flow, gate) -> dict:
     parts = {f"warp_{k}": v for k, v in pw.items()}
     parts.update(kd_feature=feature.detach(), kd_flow=flow.detach(), kd_gate_fraction=gate.mean())
@@ -288,8 +284,8 @@ class StudentWarpTask(_StudentTask):
 
     def optimizers(self, nets) -> dict:
         fresh = [p for n, p in nets["warp"].named_parameters() if n.startswith(FRESH_PREFIXES)]
-        return {"fresh": (_adam(fresh, self.phase.lr), 1.0),
-                "all": (_adam(nets["warp"].parameters(), self.phase.lr), 1.0)}
+        return {"fresh": (adam(fresh, self.phase.lr), 1.0),
+                "all": (adam(nets["warp"].parameters(), self.phase.lr), 1.0)}
 
     def active_optimizers(self, epoch: int) -> tuple[str, ...]:
         return ("fresh",) if epoch < self.config.freeze else ("all",)
@@ -341,10 +337,7 @@ class StudentE2ETask(_StudentTask):
         nets["student"].warp.load_state_dict(load_phase_weights(self.config.output, WARP_PHASE)["warp"])
 
     def optimizers(self, nets) -> dict:
-        s = nets["student"]
-        return {"warp": (_adam(s.warp.parameters(), self.phase.lr * self.config.warp_lr_scale),
-                         self.config.warp_lr_scale),
-                "gen": (_adam(s.gen.parameters(), self.phase.lr), 1.0)}
+        return e2e_optimizers(nets["student"], self.phase.lr, self.config.warp_lr_scale)
 
     def step(self, nets, batch, epoch, device):
         import torch

@@ -32,6 +32,8 @@ from pipelines.training.common import (
     WidthsConfig,
     build_vgg,
     check_vgg_available,
+    adam,
+    e2e_optimizers,
     require,
     run_summary,
 )
@@ -133,12 +135,6 @@ def tutor_inputs(batch, device) -> dict:
     return out
 
 
-def _adam(params, lr):
-    import torch
-
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-
-
 class TutorWarpTask(PhaseTask):
     """Phase 1, PB warp: AFWM(45) trained with L_warp."""
 
@@ -159,7 +155,7 @@ class TutorWarpTask(PhaseTask):
         return {"warp": AFWM(45, self.config.widths.build()), "vgg": build_vgg(self.config.loss, device)}
 
     def optimizers(self, nets) -> dict:
-        return {"warp": (_adam(nets["warp"].parameters(), self.phase.lr), 1.0)}
+        return {"warp": (adam(nets["warp"].parameters(), self.phase.lr), 1.0)}
 
     def step(self, nets, batch, epoch, device):
         from pfafn.losses import warp_loss
@@ -207,10 +203,7 @@ class TutorE2ETask(PhaseTask):
         nets["tutor"].warp.load_state_dict(load_phase_weights(self.config.output, WARP_PHASE)["warp"])
 
     def optimizers(self, nets) -> dict:
-        t = nets["tutor"]
-        return {"warp": (_adam(t.warp.parameters(), self.phase.lr * self.config.warp_lr_scale),
-                         self.config.warp_lr_scale),
-                "gen": (_adam(t.gen.parameters(), self.phase.lr), 1.0)}
+        return e2e_optimizers(nets["tutor"], self.phase.lr, self.config.warp_lr_scale)
 
     def step(self, nets, batch, epoch, device):
         from pfafn.losses import parser_based_gen_loss, warp_loss

@@ -129,3 +129,16 @@ def run_summary(stage: str, run_id: str, config, phases: dict, *, train_samples:
         "wall_s": round(time.time() - started, 3),
     })
     return summary
+
+
+def adam(params, lr: float):
+    """Adam with the published betas (0.5, 0.999)."""
+    import torch
+
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+
+
+def e2e_optimizers(net, lr: float, warp_lr_scale: float) -> dict:
+    """The end-to-end phases' optimizers: the warp at ``warp_lr_scale`` × lr, the generator at lr (reference §4.1)."""
+    return {"warp": (adam(net.warp.parameters(), lr * warp_lr_scale), warp_lr_scale),
+            "gen": (adam(net.gen.parameters(), lr), 1.0)}
