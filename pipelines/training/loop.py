@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -195,6 +196,27 @@ def _write_checkpoint_dir(state: dict, meta: dict) -> str:
     return tmp
 
 
+def load_checkpoint_state(ckpt) -> dict:
+    """``state.pt`` of a Ray Train checkpoint, read with ``weights_only=True``.
+
+    Not ``Checkpoint.as_directory()``: for a remote (S3) checkpoint it downloads into one temporary directory shared
+    by every process on the node, and a worker that arrives after another one finished downloading downloads again
+    into the same files while the first is still reading them ("PytorchStreamReader failed reading file ...", seen
+    on resume with two workers on one node). Each process downloads into its own directory instead; a local
+    checkpoint is read in place."""
+    import pyarrow.fs
+    import torch
+
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        return torch.load(os.path.join(ckpt.path, STATE_FILE), map_location="cpu", weights_only=True)
+    tmp = tempfile.mkdtemp(prefix="pfafn-resume-")
+    try:
+        ckpt.to_directory(tmp)
+        return torch.load(os.path.join(tmp, STATE_FILE), map_location="cpu", weights_only=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _maybe_inject_fault(run: PhaseRun, step: int, rank: int) -> None:
     s = run.settings
     if not s.fault_kill_at_step or step != s.fault_kill_at_step or rank != s.fault_kill_rank:
@@ -236,8 +258,7 @@ def worker_loop(config: dict) -> None:
     state = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+        state = load_checkpoint_state(ckpt)
         for name in task.trainable:
             nets[name].load_state_dict(state["nets"][name])
     else:
@@ -464,8 +485,7 @@ def run_phase(*, task: PhaseTask, output: str, plan: EpochPlan, batch_size: int,
                          f"latest checkpoint): {type(exc).__name__}: {' '.join(str(exc).split())[:800]}") from exc
     if result.checkpoint is None:
         raise StageError(f"training phase {task.name} ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    state = load_checkpoint_state(result.checkpoint)
     this = state.get("runs", {}).get(run.run_id)
     buf = io.BytesIO()
     torch.save(state["nets"], buf)
