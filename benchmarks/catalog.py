@@ -50,6 +50,7 @@ def _machine() -> dict:
         bf16 = False
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "native_bf16": bf16,
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -62,6 +63,10 @@ def _inputs(n_garments: int, n_models: int, h: int, w: int, device: str):
     masks = torch.stack([torch.from_numpy(world.render_garment(j).mask.astype(np.float32))[None] for j in range(n_garments)])
     persons = torch.stack([torch.from_numpy(to_model_tensor(world.render_person(i).image)) for i in range(n_models)])
     return persons.to(device), garments.to(device), masks.to(device), world
+
+
+def _median(rates: list[float]) -> float:
+    return round(float(np.median(rates)), 3)
 
 
 def _sync(device: str) -> None:
@@ -137,7 +142,14 @@ def bench_end_to_end(world, n_garments, n_models, h, w, widths, precision, chann
     summary = catalog.run(cfg)
     # Steady state: pairs committed after the first tile, over the time from the first to the last commit
     # (the whole-job rate also pays Ray Data start-up, actor start and model load once).
-    times = np.sort(catalog.load_results(cfg.output)["finished_at"].to_numpy().astype("datetime64[ms]").astype(np.int64))
+    results = catalog.load_results(cfg.output)
+    times = np.sort(results["finished_at"].to_numpy().astype("datetime64[ms]").astype(np.int64))
+    # The actor's own model time (``model_ms`` is the tile's model time shared over its pairs): its rate is what (c)
+    # measures in-process, and its share of the wall clock says how busy the pipeline kept the actor.
+    model_s = float(np.sum(results["model_ms"].to_numpy())) / 1e3
+    if model_s > 0:
+        summary["actor_model_pairs_per_s"] = round(len(times) / model_s, 3)
+        summary["actor_busy_fraction"] = round(model_s / summary["wall_s"], 3)
     first_tile = min(tile, n_garments) * min(tile, n_models)
     if len(times) > first_tile:
         span = (times[-1] - times[first_tile - 1]) / 1e3
@@ -147,7 +159,7 @@ def bench_end_to_end(world, n_garments, n_models, h, w, widths, precision, chann
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer pairs (about two minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer pairs (about 1.5 minutes on 2 quiet cores)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--tiny-widths", action="store_true", help="reduced widths (smoke test of the script)")
@@ -156,6 +168,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--e2e-garments", type=int, default=0, help="garments in the end-to-end catalog")
     parser.add_argument("--e2e-models", type=int, default=0, help="models in the end-to-end catalog")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed runs of (a), (b) and the chosen (c), median reported (default 2 quick / 3)")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
 
@@ -178,32 +192,46 @@ def main(argv=None) -> dict:
     result: dict = {"benchmark": "catalog", "machine": _machine(), "device": device, "height": h, "width": w,
                     "widths": "tiny" if args.tiny_widths else "published", "batch_size": batch,
                     "tile": [n_g, n_m], "pairs": len(pairs)}
-    ref_rate, _ = bench_reference(model, persons, garments, masks, pairs[:ref_pairs_n], device)
-    result["reference_pairs_per_s"] = round(ref_rate, 3)
+    repeats = args.repeats or (2 if args.quick else 3)
+    result["repeats"] = repeats
+    ref_rates = [bench_reference(model, persons, garments, masks, pairs[:ref_pairs_n], device)[0] for _ in range(repeats)]
+    result["reference_pairs_per_s"] = _median(ref_rates)
+    result["reference_pairs_per_s_all"] = [round(r, 3) for r in ref_rates]
 
-    fp32_rate, fp32_out = bench_tiled(model, InferenceMode("fp32"), persons, garments, masks, pairs, batch, device)
-    result["tiled_fp32_pairs_per_s"] = round(fp32_rate, 3)
+    fp32_runs = [bench_tiled(model, InferenceMode("fp32"), persons, garments, masks, pairs, batch, device)
+                 for _ in range(repeats)]
+    fp32_out = fp32_runs[0][1]
+    result["tiled_fp32_pairs_per_s"] = _median([r for r, _ in fp32_runs])
+    result["tiled_fp32_pairs_per_s_all"] = [round(r, 3) for r, _ in fp32_runs]
 
     candidates = ["bf16+channels_last", "bf16", "fp32+channels_last"]
     if gpu:
         candidates = ["bf16+channels_last", "fp16+channels_last", "bf16", "fp32+channels_last"]
-    trials = []
+    trials, prepared = [], {}
     for spec in candidates:
         mode = InferenceMode.parse(spec)
         m = TryOnModel(widths).eval().to(device)
         m.load_state_dict(model.state_dict())
-        m = mode.prepare(m)
+        prepared[spec] = m = mode.prepare(m)
         rate, out = bench_tiled(m, mode, persons, garments, masks, pairs, batch, device)
         q = psnr(to_unit_range(out.float()), to_unit_range(fp32_out)).min().item()
         trials.append({"mode": spec, "pairs_per_s": round(rate, 3), "min_psnr_db": round(q, 2)})
     result["fast_candidates"] = trials
     passing = [t for t in trials if t["min_psnr_db"] >= 40.0]
-    best = max(passing, key=lambda t: t["pairs_per_s"]) if passing else {"mode": "fp32", "pairs_per_s": result["tiled_fp32_pairs_per_s"], "min_psnr_db": float("inf")}
-    if best["pairs_per_s"] < result["tiled_fp32_pairs_per_s"]:
-        best = {"mode": "fp32", "pairs_per_s": result["tiled_fp32_pairs_per_s"], "min_psnr_db": float("inf")}
+    best = max(passing, key=lambda t: t["pairs_per_s"]) if passing else None
+    if best is None or best["pairs_per_s"] < result["tiled_fp32_pairs_per_s"]:
+        best = {"mode": "fp32", "min_psnr_db": float("inf")}
+        fast_rates = [r for r, _ in fp32_runs]
+    else:
+        # The candidates were timed once each and the fastest picked: re-time the winner so its rate is not the
+        # luckiest of several noisy draws (the "winner's curse" inflated (c) by ~10 % in earlier runs).
+        mode = InferenceMode.parse(best["mode"])
+        fast_rates = [bench_tiled(prepared[best["mode"]], mode, persons, garments, masks, pairs, batch, device)[0]
+                      for _ in range(repeats)]
     result["fast_mode"] = best["mode"]
     result["fast_dtype"] = InferenceMode.parse(best["mode"]).dtype
-    result["tiled_fast_pairs_per_s"] = best["pairs_per_s"]
+    result["tiled_fast_pairs_per_s"] = _median(fast_rates)
+    result["tiled_fast_pairs_per_s_all"] = [round(r, 3) for r in fast_rates]
     result["fast_psnr_db"] = best["min_psnr_db"]
     result["in_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -223,10 +251,13 @@ def main(argv=None) -> dict:
             result["end_to_end_steady_over_fast"] = round(s["steady_pairs_per_s"] / result["tiled_fast_pairs_per_s"], 3)
         result["end_to_end_wall_s"] = s["wall_s"]
         result["end_to_end_pairs_ok"] = s["pairs_ok"]
+        result["end_to_end_actor_model_pairs_per_s"] = s.get("actor_model_pairs_per_s")
+        result["end_to_end_actor_busy_fraction"] = s.get("actor_busy_fraction")
         result["actor_peak_rss_mb"] = s.get("actor_peak_rss_mb")
         result["end_to_end_over_fast"] = round(s["pairs_per_s"] / result["tiled_fast_pairs_per_s"], 3)
     result["fast_over_reference"] = round(result["tiled_fast_pairs_per_s"] / result["reference_pairs_per_s"], 3)
     result["tiled_fp32_over_reference"] = round(result["tiled_fp32_pairs_per_s"] / result["reference_pairs_per_s"], 3)
+    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = {"fast_over_reference>=5": result["fast_over_reference"] >= 5,
                          "end_to_end_over_fast>=0.9": result.get("end_to_end_over_fast", 0) >= 0.9}
     print(json.dumps(result, sort_keys=True))
