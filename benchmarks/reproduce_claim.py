@@ -50,6 +50,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
+
 log = logging.getLogger("reproduce_claim")
 
 MODELS = ("tutor", "wuton", "ablation", "pfafn")
@@ -499,13 +501,9 @@ def machine_info() -> dict[str, Any]:
     info = {"platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "cuda": torch.cuda.is_available()}
+    info["cpu_model"] = cpu_name()
     try:
         info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
     except OSError:
         pass
     return info

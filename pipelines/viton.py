@@ -391,6 +391,19 @@ def _short(uri: str) -> str:
     return "/".join(parts[-2:])
 
 
+def _take_photo(item: dict, cfg: dict, row: dict, writes: dict[str, bytes], kind: str) -> tuple[int, int] | None:
+    """Read the item's photo when verifying or copying; return its (H, W) when verified, and in copy mode point
+    ``row["image_uri"]`` at ``images/<kind>/<id><ext>`` under the root with the bytes queued in ``writes``."""
+    if not (cfg["verify"] or cfg["mode"] == "copy"):
+        return None
+    data = _read(item["uri"], cfg)
+    size = _decode_photo(data, cfg) if cfg["verify"] else None
+    if cfg["mode"] == "copy":
+        row["image_uri"] = storage.join_uri(cfg["root"], f"images/{kind}/{item['id']}{item['ext']}")
+        writes[row["image_uri"]] = data
+    return size
+
+
 def _validate_model(item: dict, cfg: dict) -> dict:
     root, copy, verify = cfg["root"], cfg["mode"] == "copy", cfg["verify"]
     mid = item["id"]
@@ -399,14 +412,7 @@ def _validate_model(item: dict, cfg: dict) -> dict:
     writes: dict[str, bytes] = {}
     current = item["uri"]
     try:
-        size = None
-        if verify or copy:
-            data = _read(item["uri"], cfg)
-            if verify:
-                size = _decode_photo(data, cfg)
-            if copy:
-                row["image_uri"] = storage.join_uri(root, f"images/models/{mid}{item['ext']}")
-                writes[row["image_uri"]] = data
+        size = _take_photo(item, cfg, row, writes, "models")
         for key, folder in (("label_uri", "label"), ("pose_uri", "pose"), ("densepose_uri", "densepose")):
             if item.get(key) is None and item["required"]:
                 raise FileProblem(f"{item['split']}_{folder}/ has no file for {mid} (train persons need their label, "
@@ -458,14 +464,7 @@ def _validate_garment(item: dict, cfg: dict) -> dict:
     writes: dict[str, bytes] = {}
     current = item["uri"]
     try:
-        size = None
-        if verify or copy:
-            data = _read(item["uri"], cfg)
-            if verify:
-                size = _decode_photo(data, cfg)
-            if copy:
-                row["image_uri"] = storage.join_uri(root, f"images/garments/{gid}{item['ext']}")
-                writes[row["image_uri"]] = data
+        size = _take_photo(item, cfg, row, writes, "garments")
         edge = item.get("edge_uri")
         if edge is None and item["required"]:
             raise FileProblem(f"{item['split']}_edge/ has no mask for {gid} (train garments need their edge)")
