@@ -40,6 +40,7 @@ from pipelines.training.common import (
     e2e_optimizers,
     require,
     run_summary,
+    with_absolute_paths,
 )
 from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
 
@@ -460,6 +461,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
     from pipelines.ray_env import ensure_ray
 
     config.validate()
+    config = with_absolute_paths(config, "data", "fakes", "tutor", "output")
     started = time.time()
     check_vgg_available(config.loss)
     try:

@@ -187,6 +187,21 @@ def local_path(uri: str) -> str:
     return os.path.abspath(rest)
 
 
+def absolute_uri(uri: str) -> str:
+    """A relative local path made absolute against this process's working directory; absolute paths, ``file://``
+    and ``s3://`` URIs and ``""`` come back unchanged.
+
+    Resolve user-given paths once, in the driver, before they travel to other processes: Ray Train workers change
+    into their own working directory (``WorkingDirectorySetupCallback``), so ``runs/x`` would name another folder
+    there."""
+    if not uri:
+        return uri
+    scheme, rest = _split(uri)
+    if scheme != "file" or uri.startswith("file://") or os.path.isabs(rest):
+        return uri
+    return os.path.abspath(rest)
+
+
 def join_uri(base: str, *parts: str) -> str:
     """Join path segments onto a URI with ``/``, keeping the base's form (path, ``file://`` or ``s3://``).
 

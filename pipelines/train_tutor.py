@@ -36,6 +36,7 @@ from pipelines.training.common import (
     e2e_optimizers,
     require,
     run_summary,
+    with_absolute_paths,
 )
 from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
 
@@ -278,6 +279,7 @@ def run(config: TutorConfig) -> dict[str, Any]:
     from pipelines.ray_env import ensure_ray
 
     config.validate()
+    config = with_absolute_paths(config, "data", "output")
     started = time.time()
     check_vgg_available(config.loss)
     run_id = new_run_id()

@@ -48,6 +48,14 @@ def test_invalid_uris_are_typed(bad):
         storage.filesystem_for(bad)
 
 
+def test_absolute_uri_resolves_only_relative_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute_uri("runs/demo") == str(tmp_path / "runs" / "demo")
+    assert storage.absolute_uri("./a/../b") == str(tmp_path / "b")
+    for unchanged in ("", "/abs/path", "file:///abs/path", "s3://bucket/key/x"):
+        assert storage.absolute_uri(unchanged) == unchanged
+
+
 def test_join_refuses_parent_segments():
     with pytest.raises(storage.InvalidURIError, match=r"\.\."):
         storage.join_uri("s3://bkt/out", "../other")

@@ -33,10 +33,15 @@ def test_published_preset_needs_vgg_weights(tmp_path, monkeypatch):
         run(cfg)
 
 
-def test_tutor_trains_resumes_after_a_kill_and_rerun_does_nothing(ray_session, data_root, tmp_path):
+def test_tutor_trains_resumes_after_a_kill_and_rerun_does_nothing(ray_session, data_root, tmp_path, monkeypatch):
+    """With relative --data and --output, as a user types them: Ray Train workers run in their own working
+    directory, so the stage must resolve them in the driver (the e2e phase's workers read the warp phase's weights)."""
     from pfafn.checkpoint import load_checkpoint
 
-    out = str(tmp_path / "tutor")
+    monkeypatch.chdir(tmp_path)
+    data_root = os.path.relpath(data_root, tmp_path)
+    assert not os.path.isabs(data_root)
+    out = "tutor"
     common = ("train.checkpoint_every_steps=4", "train.async_upload=false")
     # 1) a worker dies after step 10 of the warp phase and no retry is allowed: the run fails...
     with pytest.raises(StageError, match="re-run"):

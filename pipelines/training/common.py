@@ -1,10 +1,11 @@
 """Config pieces and helpers both training stages share: network widths, the VGG loss source, metrics, summaries."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pipelines import storage
 from pipelines.errors import StageError
@@ -12,6 +13,7 @@ from pipelines.errors import StageError
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.json"
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,11 +46,25 @@ class LossConfig:
     allow_download: bool = False
 
 
+VGG_OFF = ("", "off", "none", "false")
+VGG_KEYWORDS = VGG_OFF + ("random", "torchvision")  # loss.vgg values that are not a weights path
+
+
+def with_absolute_paths(config: T, *fields: str) -> T:
+    """``config`` with its path fields (and a ``loss.vgg`` weights path) made absolute in the driver: the training
+    workers run in Ray Train's own working directory, where a relative path names nothing (``storage.absolute_uri``)."""
+    changes: dict[str, Any] = {f: storage.absolute_uri(getattr(config, f)) for f in fields}
+    loss = getattr(config, "loss", None)
+    if isinstance(loss, LossConfig) and isinstance(loss.vgg, str) and loss.vgg.lower() not in VGG_KEYWORDS:
+        changes["loss"] = dataclasses.replace(loss, vgg=storage.absolute_uri(loss.vgg))
+    return dataclasses.replace(config, **changes)
+
+
 def build_vgg(loss: LossConfig, device):
     """The VGG loss module on ``device`` or None; raises ``VGGWeightsUnavailable`` with instructions."""
     from pfafn.losses import VGGLoss, random_vgg19_features_state_dict
 
-    if loss.vgg is False or str(loss.vgg).lower() in ("", "off", "none", "false"):
+    if loss.vgg is False or str(loss.vgg).lower() in VGG_OFF:
         return None
     if loss.vgg == "random":
         return VGGLoss.from_state_dict(random_vgg19_features_state_dict(0)).to(device)
