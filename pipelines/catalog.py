@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.config import absolute_paths
 from pipelines import manifests, storage
 from pipelines.batch import (BatchStageConfig, decode_garment, decode_photo, error_reason, peak_rss_mb, progress, resolve_precision,
                              stack_ragged, stream_units)
@@ -383,6 +384,7 @@ def run(config: CatalogConfig) -> dict[str, Any]:
     from pipelines.ray_env import ensure_ray, model_actor_plan
 
     config.validate()
+    config = absolute_paths(config, "garments", "models", "output", "student", "official_warp", "official_gen")
     started = time.time()
     run_id = new_run_id(config.run_id)
     spec = StudentSpec(config.student, config.official_warp, config.official_gen)

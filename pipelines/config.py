@@ -165,3 +165,14 @@ def build_config(
         data = deep_merge(data, parse_override(item))
     data = deep_merge(data, {k: v for k, v in (explicit or {}).items() if v is not None})
     return from_dict(cls, data)
+
+
+def absolute_paths(config: T, *fields: str) -> T:
+    """``config`` with the named path fields made absolute (``pipelines.storage.absolute_uri``: only relative local
+    paths change). Every stage calls it in the driver before any path reaches another process: Ray workers do not
+    share the driver's working directory (Ray Train's workers change into their own), so ``runs/x`` would name a
+    different folder there — and every URI derived from it (images, results rows) would too."""
+    from pipelines import storage
+
+    return dataclasses.replace(config, **{f: storage.absolute_uri(getattr(config, f)) for f in fields})
+

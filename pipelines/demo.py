@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import manifests, storage
-from pipelines.config import build_config
+from pipelines.config import absolute_paths, build_config
 from pipelines.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def run(config: DemoConfig) -> dict[str, Any]:
     from pipelines.ray_env import ensure_ray
 
     config.validate()
+    config = absolute_paths(config, "output")
     started = time.time()
     out = config.output
     storage.makedirs(out)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.config import absolute_paths
 from pipelines import manifests, storage
 from pipelines.batch import error_reason, one_line, stream_units
 from pipelines.errors import StageError
@@ -591,6 +592,8 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     from pipelines.ray_env import ensure_ray, model_actor_plan
 
     config.validate()
+    config = absolute_paths(config, "results", "ground_truth", "output", "garments", "lpips_weights",
+                            "lpips_backbone_weights", "fid_weights")
     started = time.time()
     run_id = new_run_id(config.run_id)
     lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)

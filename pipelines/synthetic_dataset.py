@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.config import absolute_paths
 from pipelines import dataset_root, manifests, storage
 from pipelines.locking import new_run_id, write_run_summary
 from pipelines.errors import StageError
@@ -387,6 +388,7 @@ def _chunks(items: list[list], size: int) -> list[list]:
 def run(config: SyntheticDatasetConfig) -> dict[str, Any]:
     """Generate (or finish, or verify) the dataset root; returns (and writes under the root) the run summary."""
     config.validate()
+    config = absolute_paths(config, "output")
     started = time.perf_counter()
     root = dataset_root.normalize_root(config.output)
     run_id = new_run_id()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.config import absolute_paths
 from pipelines import manifests, storage
 from pipelines.batch import (BatchStageConfig, decode_garment, error_reason, one_line, progress, resolve_precision, stack_ragged,
                              stream_units)
@@ -527,6 +528,7 @@ def run(config: TutorInferenceConfig) -> dict[str, Any]:
     from pipelines.ray_env import ensure_ray, model_actor_plan
 
     config.validate()
+    config = absolute_paths(config, "data", "tutor", "output")
     started = time.time()
     run_id = new_run_id(config.run_id)
     version = tutor_version_of(config.tutor)

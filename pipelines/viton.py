@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.config import absolute_paths
 from pipelines import dataset_root, manifests, storage
 from pipelines.locking import new_run_id, write_run_summary
 from pipelines.errors import StageError
@@ -607,6 +608,7 @@ _IDENTITY_KEYS = ("format", "source", "source_uri", "train_source", "test_source
 def run(config: VitonImportConfig) -> dict[str, Any]:
     """Import the VITON-layout source into the output dataset root; returns (and writes there) the run summary."""
     config.validate()
+    config = absolute_paths(config, "source", "output", "train_source", "test_source")
     started = time.perf_counter()
     root = dataset_root.normalize_root(config.output)
     run_id = new_run_id()

@@ -51,13 +51,14 @@ VGG_KEYWORDS = VGG_OFF + ("random", "torchvision")  # loss.vgg values that are n
 
 
 def with_absolute_paths(config: T, *fields: str) -> T:
-    """``config`` with its path fields (and a ``loss.vgg`` weights path) made absolute in the driver: the training
-    workers run in Ray Train's own working directory, where a relative path names nothing (``storage.absolute_uri``)."""
-    changes: dict[str, Any] = {f: storage.absolute_uri(getattr(config, f)) for f in fields}
+    """``pipelines.config.absolute_paths`` plus a ``loss.vgg`` weights path."""
+    from pipelines.config import absolute_paths
+
+    config = absolute_paths(config, *fields)
     loss = getattr(config, "loss", None)
     if isinstance(loss, LossConfig) and isinstance(loss.vgg, str) and loss.vgg.lower() not in VGG_KEYWORDS:
-        changes["loss"] = dataclasses.replace(loss, vgg=storage.absolute_uri(loss.vgg))
-    return dataclasses.replace(config, **changes)
+        config = dataclasses.replace(config, loss=dataclasses.replace(loss, vgg=storage.absolute_uri(loss.vgg)))
+    return config
 
 
 def build_vgg(loss: LossConfig, device):
