@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from pfafn.data.synthetic import GENERATOR_NAME, SyntheticWorld, WorldConfig  # noqa: E402
 
 TARGET_PERSON_PER_S = 50.0
@@ -90,7 +91,7 @@ def main() -> None:
         "samples_per_measurement": args.samples,
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_name(),
             "cpu_count": os.cpu_count(),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         },

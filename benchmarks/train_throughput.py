@@ -17,6 +17,8 @@ import platform
 import tempfile
 import time
 
+from benchmarks.machine import cpu_name
+
 
 def _measure(inputs: dict, out: str, workers: int, steps: int, batch: int, threads: int, height: int,
              width: int) -> dict:
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     out = {
         "benchmark": "train_throughput", "stage": "distill (student PF end-to-end step + frozen tutor)",
         "height": args.height, "width": args.width, "widths": "published", "vgg": "off", "device": "cpu",
-        "machine": {"cpus": cores, "platform": platform.platform(), "processor": platform.processor(),
+        "machine": {"cpus": cores, "platform": platform.platform(), "processor": cpu_name(),
                     "load_avg": os.getloadavg()},
         "versions": {"torch": torch.__version__, "ray": ray.__version__},
         "setup_s": round(setup_s, 1), "results": results,
