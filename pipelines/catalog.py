@@ -29,8 +29,8 @@ import pyarrow as pa
 
 from pipelines.config import absolute_paths
 from pipelines import manifests, storage
-from pipelines.batch import (BatchStageConfig, decode_garment, decode_photo, error_reason, peak_rss_mb, progress, resolve_precision,
-                             stack_ragged, stream_units)
+from pipelines.batch import (BatchStageConfig, decode_garment, decode_photo, error_reason, peak_rss_mb, progress,
+                             resolve_channels_last, resolve_precision, stack_ragged, stream_units)
 from pipelines.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ class TryOnActor:
             torch.set_num_threads(int(cfg["torch_threads"]))
         model, self.version = spec.load(map_location="cpu")
         precision = resolve_precision(cfg["precision"], self.device)
-        self.mode = InferenceMode(dtype=precision, channels_last=cfg["channels_last"], compile=cfg["compile"])
+        channels_last = resolve_channels_last(cfg["channels_last"], self.device, precision)
+        self.mode = InferenceMode(dtype=precision, channels_last=channels_last, compile=cfg["compile"])
         self.model = self.mode.prepare(model.to(self.device).eval())
         self.batch_size = cfg["batch_size"]
         self.precision = precision

@@ -35,8 +35,8 @@ import pyarrow as pa
 
 from pipelines.config import absolute_paths
 from pipelines import manifests, storage
-from pipelines.batch import (BatchStageConfig, decode_garment, error_reason, one_line, progress, resolve_precision, stack_ragged,
-                             stream_units)
+from pipelines.batch import (BatchStageConfig, decode_garment, error_reason, one_line, progress, resolve_channels_last,
+                             resolve_precision, stack_ragged, stream_units)
 from pipelines.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -419,7 +419,8 @@ class TutorActor:
             raise StageError(f"{tutor} is a {loaded.kind} checkpoint, not a tutor")
         self.version = loaded.version
         self.precision = resolve_precision(cfg["precision"], self.device)
-        self.mode = InferenceMode(dtype=self.precision, channels_last=cfg["channels_last"], compile=cfg["compile"])
+        channels_last = resolve_channels_last(cfg["channels_last"], self.device, self.precision)
+        self.mode = InferenceMode(dtype=self.precision, channels_last=channels_last, compile=cfg["compile"])
         self.model = self.mode.prepare(TutorModel.from_checkpoint(loaded).to(self.device).eval())
         self.batch_size = int(cfg["batch_size"])
 

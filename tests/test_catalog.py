@@ -275,3 +275,16 @@ def test_catalog_on_s3(ray_session, s3_bucket, tmp_path):
     s2 = run(_config(g_uri, m_uri, out, student))
     assert (s2["pairs_ok"], s2["pairs_skipped"]) == (0, 20)
     assert not storage.exists(storage.join_uri(out, "_lock.json"))
+
+
+def test_channels_last_auto_follows_device_and_precision():
+    from pipelines.batch import resolve_channels_last
+
+    assert resolve_channels_last("auto", "cuda", "bf16") is True
+    assert resolve_channels_last("auto", "cpu", "fp32") is True
+    assert resolve_channels_last("auto", "cpu", "bf16") is False
+    assert resolve_channels_last(False, "cuda", "bf16") is False
+    assert resolve_channels_last(True, "cpu", "bf16") is True
+    cfg = CatalogConfig(garments="g.parquet", models="m.parquet", output="out", student="s.pt", channels_last="yes")
+    with pytest.raises(StageError, match=r"channels_last must be true\|false\|auto"):
+        cfg.validate()
