@@ -194,7 +194,8 @@ def main(argv=None) -> dict:
                     "tile": [n_g, n_m], "pairs": len(pairs)}
     repeats = args.repeats or (2 if args.quick else 3)
     result["repeats"] = repeats
-    ref_rates = [bench_reference(model, persons, garments, masks, pairs[:ref_pairs_n], device)[0] for _ in range(repeats)]
+    ref_pairs = pairs[:ref_pairs_n]
+    ref_rates = [bench_reference(model, persons, garments, masks, ref_pairs, device)[0] for _ in range(repeats)]
     result["reference_pairs_per_s"] = _median(ref_rates)
     result["reference_pairs_per_s_all"] = [round(r, 3) for r in ref_rates]
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import absolute_paths
 from pipelines import manifests, storage
+from pipelines.config import absolute_paths
 from pipelines.batch import (BatchStageConfig, decode_garment, decode_photo, error_reason, peak_rss_mb, progress,
                              resolve_channels_last, resolve_precision, stack_ragged, stream_units)
 from pipelines.errors import StageError

@@ -175,4 +175,3 @@ def absolute_paths(config: T, *fields: str) -> T:
     from pipelines import storage
 
     return dataclasses.replace(config, **{f: storage.absolute_uri(getattr(config, f)) for f in fields})
-

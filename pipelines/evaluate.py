@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import absolute_paths
 from pipelines import manifests, storage
+from pipelines.config import absolute_paths
 from pipelines.batch import error_reason, one_line, stream_units
 from pipelines.errors import StageError
 

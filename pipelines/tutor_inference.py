@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import absolute_paths
 from pipelines import manifests, storage
+from pipelines.config import absolute_paths
 from pipelines.batch import (BatchStageConfig, decode_garment, error_reason, one_line, progress, resolve_channels_last,
                              resolve_precision, stack_ragged, stream_units)
 from pipelines.errors import StageError

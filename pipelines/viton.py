@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import absolute_paths
 from pipelines import dataset_root, manifests, storage
+from pipelines.config import absolute_paths
 from pipelines.locking import new_run_id, write_run_summary
 from pipelines.errors import StageError
 

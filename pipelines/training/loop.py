@@ -202,8 +202,8 @@ def load_checkpoint_state(ckpt) -> dict:
     Not ``Checkpoint.as_directory()``: for a remote (S3) checkpoint it downloads into one temporary directory shared
     by every process on the node, and a worker that arrives after another one finished downloading downloads again
     into the same files while the first is still reading them ("PytorchStreamReader failed reading file ...", seen
-    on resume with two workers on one node; ray-project/ray#48726). Each process downloads into its own directory instead; a local
-    checkpoint is read in place."""
+    on resume with two workers on one node; ray-project/ray#48726). Each process downloads into its own directory
+    instead; a local checkpoint is read in place."""
     import pyarrow.fs
     import torch
 
