@@ -114,8 +114,9 @@ def resolve_precision(precision: str, device: str) -> str:
 def resolve_channels_last(channels_last: bool | str, device: str, precision: str) -> bool:
     """``auto`` -> NHWC on CUDA (tensor-core convolutions) and for fp32 on CPU; plain NCHW for bf16/fp16 on CPU.
 
-    Measured on an AVX512-BF16 CPU (docs/model-speed.md, docs/catalog-benchmark.md): bf16 autocast ran 1.06-1.29×
-    faster without channels_last, fp32 ~1.12× faster with it. ``precision`` is the resolved one (not ``auto``)."""
+    Measured on an AVX512-BF16 CPU: bf16 autocast ran 1.06-1.29× faster without channels_last in
+    docs/model-speed.md (in the catalog benchmark the two swapped places between runs), fp32 ~1.12× faster with it.
+    ``precision`` is the resolved one (not ``auto``)."""
     if channels_last != "auto":
         return bool(channels_last)
     return device == "cuda" or precision == "fp32"
