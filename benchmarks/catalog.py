@@ -5,7 +5,7 @@ Variants, all at the same resolution and widths (default 256×192, published wid
 (a) reference      — the published test pipeline's way: batch 1, fp32, both encoders run for every pair
 (b) tiled fp32     — encode each garment and each model once per tile, flow + generator per pair in batches
 (c) tiled fast     — (b) with the fastest precision/layout whose try-on keeps PSNR >= 40 dB against (b)
-(d) end to end     — ``pipelines.catalog.run`` on a written catalog (read, decode, model actor, JPEG, write) with
+(d) end to end     — ``pipelines.stages.catalog_tryon.run`` on a written catalog (read, decode, model actor, JPEG, write) with
                      (c)'s settings, measured from the job's own summary (includes actor start and model load)
 
 Targets from the issue: (c)/(a) >= 5 and (d)/(c) >= 0.9. The weights are random (no trained published-width student
@@ -55,7 +55,7 @@ def _machine() -> dict:
 
 
 def _inputs(n_garments: int, n_models: int, h: int, w: int, device: str):
-    from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+    from pfafn.synthetic.world import SyntheticWorld, WorldConfig
     from pfafn.imageio import to_model_tensor
 
     world = SyntheticWorld(n_models, n_garments, WorldConfig(height=h, width=w, seed=7))
@@ -110,8 +110,8 @@ def bench_end_to_end(world, n_garments, n_models, h, w, widths, precision, chann
     from PIL import Image
 
     from pfafn.checkpoint import save_checkpoint
-    from pipelines import catalog
-    from pipelines.ray_env import ensure_ray
+    from pipelines.stages import catalog_tryon
+    from pipelines.core.ray_env import ensure_ray
 
     data = Path(tmp) / "catalog"
     (data / "g").mkdir(parents=True)
@@ -134,15 +134,15 @@ def bench_end_to_end(world, n_garments, n_models, h, w, widths, precision, chann
     student = TryOnModel(widths).eval()
     save_checkpoint(data / "student.pt", warp=student.warp, gen=student.gen, kind="student")
     ensure_ray()
-    cfg = catalog.CatalogConfig(
+    cfg = catalog_tryon.CatalogConfig(
         garments=str(data / "garments.parquet"), models=str(data / "models.parquet"), output=str(Path(tmp) / "out"),
         student=str(data / "student.pt"), height=h, width=w, batch_size=batch, tile_size=tile, precision=precision,
         channels_last=channels_last, actors=1, gallery_size=0,
     )
-    summary = catalog.run(cfg)
+    summary = catalog_tryon.run(cfg)
     # Steady state: pairs committed after the first tile, over the time from the first to the last commit
     # (the whole-job rate also pays Ray Data start-up, actor start and model load once).
-    results = catalog.load_results(cfg.output)
+    results = catalog_tryon.load_results(cfg.output)
     times = np.sort(results["finished_at"].to_numpy().astype("datetime64[ms]").astype(np.int64))
     # The actor's own model time (``model_ms`` is the tile's model time shared over its pairs): its rate is what (c)
     # measures in-process, and its share of the wall clock says how busy the pipeline kept the actor.
@@ -240,7 +240,7 @@ def main(argv=None) -> dict:
         mode = InferenceMode.parse(best["mode"])
         e_g = args.e2e_garments or (2 * n_g)
         e_m = args.e2e_models or n_m
-        from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+        from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 
         e_world = SyntheticWorld(e_m, e_g, WorldConfig(height=h, width=w, seed=7))
         with tempfile.TemporaryDirectory() as tmp:

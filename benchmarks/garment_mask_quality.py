@@ -5,7 +5,7 @@
     python benchmarks/garment_mask_quality.py --height 512 --width 384 --output runs/bench/mask.json
 
 For every garment it compares ``pfafn.garment_mask.extract_garment_mask`` against the exact mask of
-``pfafn.data.synthetic`` (IoU), and reports the IoU distribution (min, p5, median, mean, fraction ≥ 0.95), the
+``pfafn.synthetic.world`` (IoU), and reports the IoU distribution (min, p5, median, mean, fraction ≥ 0.95), the
 refusals, how confidence separates good from bad masks, and the time per photo. A naive baseline — threshold the
 CIELAB distance to the median border colour at ΔE 10, largest component, holes filled — is measured in the same run
 and reported as a ratio. Thread pools are limited to one thread (the catalog decodes on one core per task); both
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from PIL import Image
 
-    from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+    from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(1, args.n, WorldConfig(height=args.height, width=args.width, seed=args.seed))
     ious, base_ious, confs, refusals, worst = [], [], [], [], []
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                          1e-9), 4),
         }
     if args.output:
-        from pipelines import storage
+        from pipelines.core import storage
 
         storage.write_json(args.output, summary)
     print(json.dumps(summary))

@@ -3,18 +3,18 @@
     python -m benchmarks.reproduce_claim --preset cpu [--noise 0.0,0.6] [--work-dir DIR] [--write-docs]
     python -m benchmarks.reproduce_claim --docs-from RESULT.json     # (re)write docs/results.md from a saved run
 
-The claim (docs/results.md, reference §0/§4): the parser-free student trained teacher-tutor-student (input = the
+The claim (docs/results.md; Ge et al., CVPR 2021): the parser-free student trained teacher-tutor-student (input = the
 tutor's fake image, target = the real photo, adjustable appearance-flow distillation) beats (1) its parser-based
 tutor and (2) a WUTON-style parser-free student trained to reproduce the tutor's outputs; the ablation (3) without
 distillation shows what the distillation adds.
 
 Per parsing-noise level (the noisy parsing is what the tutor sees, in training and at test time):
 
-1. ``pipelines.synthetic_dataset.run``  world (train models in their garment; test models with exact unpaired
+1. ``pipelines.stages.generate_synthetic.run``  world (train models in their garment; test models with exact unpaired
    ground truth ``ground_truth.parquet``);
-2. ``pipelines.train_tutor.run``        the parser-based tutor;
-3. ``pipelines.tutor_inference.run``    its fakes (each train person in another garment);
-4. ``pipelines.distill.run`` three times, same seed / data / budget:
+2. ``pipelines.stages.train_tutor.run``        the parser-based tutor;
+3. ``pipelines.stages.tutor_inference.run``    its fakes (each train person in another garment);
+4. ``pipelines.stages.distill.run`` three times, same seed / data / budget:
    ``pfafn``    supervision=real, distill.enabled=true   (the paper);
    ``wuton``    supervision=tutor                        (WUTON-style: reproduce the tutor's try-on);
    ``ablation`` supervision=real, distill.enabled=false  (no distillation);
@@ -255,9 +255,9 @@ def _model_index(ident: str) -> int:
 def load_eval_pairs(data: str, height: int, width: int, limit: int) -> dict[str, Any]:
     """Decode the first ``limit`` ground-truth pairs of a dataset root (sorted by (model, garment)) at H×W: person,
     noisy parsing, DensePose, keypoints, garment + mask, the ground truth and its exact garment mask."""
-    from pfafn.data import SyntheticWorld, WorldConfig
+    from pfafn.synthetic import SyntheticWorld, WorldConfig
     from pfafn.imageio import fit_mask
-    from pipelines import storage
+    from pipelines.core import storage
     from pipelines.training import data as tdata
 
     root = tdata.load_root(data)
@@ -414,7 +414,7 @@ def evaluate(data: str, checkpoints: dict[str, str], *, height: int, width: int,
 
 
 def _stage_config(cls, stage_presets: dict, spec: dict, explicit: dict):
-    from pipelines.config import build_config, deep_merge
+    from pipelines.core.config import build_config, deep_merge
 
     preset = deep_merge(copy.deepcopy(stage_presets[spec["base"]]), spec.get("set", {}))
     return build_config(cls, preset=preset, explicit=explicit)
@@ -425,14 +425,14 @@ def _noise_tag(noise: float) -> str:
 
 
 def run_level(noise: float, preset: dict, work: Path, seed: int, doc_img: Path | None) -> dict[str, Any]:
-    from pipelines import distill, synthetic_dataset, train_tutor, tutor_inference
+    from pipelines.stages import distill, generate_synthetic, train_tutor, tutor_inference
 
     level_dir = work / f"noise_{_noise_tag(noise)}"
     times: dict[str, float] = {}
     h, w = preset["height"], preset["width"]
 
     t0 = time.time()
-    world = synthetic_dataset.run(synthetic_dataset.SyntheticDatasetConfig(
+    world = generate_synthetic.run(generate_synthetic.SyntheticDatasetConfig(
         output=str(level_dir / "world"), persons=preset["persons"], garments=preset["garments"], height=h, width=w,
         seed=seed, parsing_noise=float(noise), ground_truth_pairs=preset["eval_pairs"],
         test_fraction=preset["test_fraction"], unpaired_per_model=preset["unpaired_per_model"], executor="local",
@@ -510,8 +510,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def _resolved_settings(preset_name: str, preset: dict, noise: list[float], seed: int) -> dict:
-    from pipelines import distill, train_tutor
-    from pipelines.config import to_dict
+    from pipelines.stages import distill, train_tutor
+    from pipelines.core.config import to_dict
 
     tut = _stage_config(train_tutor.TutorConfig, train_tutor.PRESETS, preset["tutor"],
                         {"data": "x", "output": "x", "height": preset["height"], "width": preset["width"]})
@@ -534,7 +534,7 @@ def _resolved_settings(preset_name: str, preset: dict, noise: list[float], seed:
 
 def run_claim(preset_name: str, *, noise: list[float] | None = None, work_dir: str | None = None, seed: int = 0,
               write_docs: bool = False, overrides: dict | None = None) -> dict[str, Any]:
-    from pipelines.config import deep_merge
+    from pipelines.core.config import deep_merge
 
     preset = deep_merge(copy.deepcopy(PRESETS[preset_name]), overrides or {})
     levels = [float(x) for x in (noise if noise is not None else preset["noise"])]
@@ -608,7 +608,7 @@ def render_results_doc(result: dict) -> str:
              + (f" Statistics recomputed from its per-pair numbers with `--docs-from` ({result['stats_recomputed']})."
                 if result.get("stats_recomputed") else "") + "*")
     L.append("")
-    L.append("**The claim** (reference §0, §4): the parser-free student trained *teacher-tutor-student* — input = the "
+    L.append("**The claim** (Ge et al., CVPR 2021): the parser-free student trained *teacher-tutor-student* — input = the "
              "tutor's fake image of a person in another garment, target = the real photo, plus adjustable "
              "appearance-flow distillation — beats (1) its parser-based tutor and (2) a WUTON-style parser-free "
              "student trained to reproduce the tutor's outputs, because real photos supervise it; (3) the same "
@@ -624,13 +624,13 @@ def render_results_doc(result: dict) -> str:
              f"{round(w['persons'] * w['test_fraction'])} test models (never seen in training), seed {s['seed']}; "
              f"parsing noise levels {', '.join(str(x) for x in s['parsing_noise'])} (the noisy parsing is what the "
              "tutor is trained on and what it is given at test time; DensePose and pose are exact).")
-    L.append(f"- Tutor: `pipelines.train_tutor`, widths {tut['widths']}, batch {tut['batch_size']}, "
+    L.append(f"- Tutor: `pipelines.stages.train_tutor`, widths {tut['widths']}, batch {tut['batch_size']}, "
              f"warp {tut['warp']['niter']}+{tut['warp']['niter_decay']} epochs, e2e "
              f"{tut['e2e']['niter']}+{tut['e2e']['niter_decay']} epochs, lr {tut['warp']['lr']:g}/{tut['e2e']['lr']:g}, "
              f"VGG {tut['loss']['vgg']}.")
-    L.append(f"- Fakes: `pipelines.tutor_inference`, {s['fakes_per_person']} per training person "
+    L.append(f"- Fakes: `pipelines.stages.tutor_inference`, {s['fakes_per_person']} per training person "
              "(the tutor with `cloth_region=\"warped\"`, another garment).")
-    L.append(f"- Students: `pipelines.distill`, same seed, data and budget: batch {stu['batch_size']}, warp "
+    L.append(f"- Students: `pipelines.stages.distill`, same seed, data and budget: batch {stu['batch_size']}, warp "
              f"{stu['warp']['niter']}+{stu['warp']['niter_decay']} epochs (first {stu['freeze_epochs']} train only "
              f"`cond_*`/`netRefine`), e2e {stu['e2e']['niter']}+{stu['e2e']['niter_decay']} epochs, lr "
              f"{stu['warp']['lr']:g}/{stu['e2e']['lr']:g}, VGG {stu['loss']['vgg']}, warp initialised from the tutor. "

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 
 from benchmarks.machine import cpu_name  # noqa: E402
-from pfafn.data.synthetic import GENERATOR_NAME, SyntheticWorld, WorldConfig  # noqa: E402
+from pfafn.synthetic.world import GENERATOR_NAME, SyntheticWorld, WorldConfig  # noqa: E402
 
 TARGET_PERSON_PER_S = 50.0
 

@@ -1,6 +1,6 @@
 """Student training-step speed on one device: AMP (bf16 / fp16) vs fp32, channels_last on/off, batch 4/8/16.
 
-The exact step ``pipelines.distill`` runs in PF end-to-end (frozen tutor's paired + unpaired warps, student warp +
+The exact step ``pipelines.stages.distill`` runs in PF end-to-end (frozen tutor's paired + unpaired warps, student warp +
 generator forward/backward, warp loss + adjustable KD + gen_PF with a VGG19 of random weights, two Adam steps) at
 256×192 with the published widths, on random uint8 inputs (no data loading). Prints one JSON object per run and a
 final JSON summary line: samples/s, ms/step and peak device memory.
@@ -42,7 +42,7 @@ def run_one(device: str, precision: str, channels_last: bool, batch: int, steps:
     from pfafn.losses import VGGLoss, random_vgg19_features_state_dict
     from pfafn.nn import NetworkWidths
     from pfafn.tutor import TutorModel
-    from pipelines.distill import DistillConfig, StudentE2ETask, _nn
+    from pipelines.stages.distill import DistillConfig, StudentE2ETask, _nn
 
     dev = torch.device(device)
     widths = NetworkWidths()

@@ -1,6 +1,6 @@
 """Student-stage training throughput on Ray Train (CPU): samples/s per worker with 1 vs 2 workers.
 
-Runs the real ``pipelines.distill`` stage (decode tasks, frozen tutor, student PF end-to-end step, DDP over gloo) on a
+Runs the real ``pipelines.stages.distill`` stage (decode tasks, frozen tutor, student PF end-to-end step, DDP over gloo) on a
 synthetic dataset at 256×192 with the published network widths, and reads the steady-state rate that the training
 loop reports with each checkpoint (``samples_per_s`` between the last two reports, i.e. excluding start-up and the
 first step). Prints one JSON object (last stdout line).
@@ -22,8 +22,8 @@ from benchmarks.machine import cpu_name
 
 def _measure(inputs: dict, out: str, workers: int, steps: int, batch: int, threads: int, height: int,
              width: int) -> dict:
-    from pipelines.config import build_config
-    from pipelines.distill import DistillConfig, run
+    from pipelines.core.config import build_config
+    from pipelines.stages.distill import DistillConfig, run
 
     every = max(1, steps // 2)
     cfg = build_config(DistillConfig, overrides=[
@@ -40,7 +40,7 @@ def _measure(inputs: dict, out: str, workers: int, steps: int, batch: int, threa
     reports = [m for m in e2e["epoch_metrics"]]
     import json as _json
 
-    from pipelines import storage
+    from pipelines.core import storage
 
     record = storage.read_json(storage.join_uri(out, "phases", "student_e2e.json"))
     rate = None
@@ -74,13 +74,13 @@ def main(argv=None) -> int:
 
     from pfafn.checkpoint import save_checkpoint
     from pfafn.tutor import TutorModel
-    from pipelines.ray_env import ensure_ray
-    from pipelines import synthetic_dataset, tutor_inference
+    from pipelines.core.ray_env import ensure_ray
+    from pipelines.stages import generate_synthetic, tutor_inference
 
     base = args.output or tempfile.mkdtemp(prefix="train-throughput-")
     n = max(8, args.batch_size * max(args.workers) * 2 + 2)
     t0 = time.time()
-    data = synthetic_dataset.run(synthetic_dataset.SyntheticDatasetConfig(
+    data = generate_synthetic.run(generate_synthetic.SyntheticDatasetConfig(
         output=os.path.join(base, "root"), persons=n, garments=n, height=args.height, width=args.width,
         ground_truth_pairs=2, test_fraction=2 / n, executor="local"))["data"]
     torch.manual_seed(0)

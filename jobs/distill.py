@@ -11,37 +11,21 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import base_parser, run_stage
-from pipelines.distill import PRESETS, DistillConfig, run
+from jobs.cli import TRAIN_FLAGS, Flag, Job
+from pipelines.stages.distill import PRESETS, DistillConfig, run
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("jobs.distill", __doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="dataset root (models/garments/train_pairs/test_pairs[/ground_truth] parquet)")
-    parser.add_argument("--fakes", help="tutor-inference output (its manifest/ folder) or a fakes manifest file")
-    parser.add_argument("--tutor", help="tutor checkpoint (project format, kind tutor) that made the fakes")
-    parser.add_argument("--output", help="run root: student.pt, official/, checkpoints, summary.json (local or s3://)")
-    parser.add_argument("--supervision", choices=["real", "tutor"], help="target image: the real photo (published) "
-                        "or the tutor's paired try-on (WUTON-style ablation)")
-    parser.add_argument("--no-distill", action="store_true", default=None,
-                        help="turn adjustable knowledge distillation off (ablation)")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers (one GPU each with --use-gpu)")
-    parser.add_argument("--use-gpu", action="store_true", default=None, help="train on GPUs")
-    parser.add_argument("--max-failures", type=int, help="worker-failure retries from the latest checkpoint")
-    parser.add_argument("--force-unlock", action="store_true", default=None, help="take over a lock left by a dead run")
-    args = parser.parse_args(argv)
-    extra = []
-    for key, value in (("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
-                       ("max_failures", args.max_failures)):
-        if value is not None:
-            extra.append(f"train.{key}={str(value).lower() if isinstance(value, bool) else value}")
-    if args.no_distill:
-        extra.append("distill.enabled=false")
-    args.overrides = list(args.overrides) + extra
-    explicit = {"data": args.data, "fakes": args.fakes, "tutor": args.tutor, "output": args.output,
-                "supervision": args.supervision, "force_unlock": args.force_unlock}
-    return run_stage(config_cls=DistillConfig, args=args, presets=PRESETS, explicit=explicit, run=run)
-
+JOB = Job(__doc__, DistillConfig, PRESETS, run, flags=(
+    Flag("--data", "dataset root (models/garments/train_pairs/test_pairs[/ground_truth] parquet)"),
+    Flag("--fakes", "tutor-inference output (its manifest/ folder) or a fakes manifest file"),
+    Flag("--tutor", "tutor checkpoint (project format, kind tutor) that made the fakes"),
+    Flag("--output", "run root: student.pt, official/, checkpoints, summary.json (local or s3://)"),
+    Flag("--supervision", "target image: the real photo (published) or the tutor's paired try-on (WUTON-style "
+                          "ablation)"),
+    Flag("--no-distill", "turn adjustable knowledge distillation off (ablation)", field="distill.enabled",
+         const=False),
+    *TRAIN_FLAGS,
+))
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,32 +11,21 @@ import finished (rejected rows included), 2 for a config/usage error or a confli
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from jobs.cli import base_parser, run_stage
-from pipelines.viton import PRESETS, VitonImportConfig, run
+from jobs.cli import Flag, Job
+from pipelines.stages.import_viton import PRESETS, VitonImportConfig, run
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("jobs.import_viton", __doc__.split("\n\n")[0], presets=None)
-    parser.add_argument("--source", help="VITON root with train_*/ and/or test_* folders (local path or s3://)")
-    parser.add_argument("--train-source", help="root of the train_* folders, when not under --source")
-    parser.add_argument("--test-source", help="root of the test_* folders, when not under --source")
-    parser.add_argument("--output", help="dataset root to write (local folder or s3://bucket/prefix)")
-    parser.add_argument("--mode", choices=["reference", "copy"],
-                        help="reference files in place where their format matches, or copy everything into --output")
-    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
-                        help="decode and check every file (--no-verify: names, ids and presence only)")
-    parser.add_argument("--executor", choices=["auto", "local", "ray"],
-                        help="where validation runs: in this process, as Ray tasks, or auto by size")
-    args = parser.parse_args(argv)
-    explicit = {
-        "source": args.source, "train_source": args.train_source, "test_source": args.test_source,
-        "output": args.output, "mode": args.mode, "verify": args.verify, "executor": args.executor,
-    }
-    return run_stage(config_cls=VitonImportConfig, args=args, presets=PRESETS, explicit=explicit, run=run)
-
+JOB = Job(__doc__, VitonImportConfig, PRESETS, run, flags=(
+    Flag("--source", "VITON root with train_*/ and/or test_* folders (local path or s3://)"),
+    Flag("--train-source", "root of the train_* folders, when not under --source"),
+    Flag("--test-source", "root of the test_* folders, when not under --source"),
+    Flag("--output", "dataset root to write (local folder or s3://bucket/prefix)"),
+    Flag("--mode", "reference files in place where their format matches, or copy everything into --output"),
+    Flag("--verify", "decode and check every file (--no-verify: names, ids and presence only)", negatable=True),
+    Flag("--executor", "where validation runs: in this process, as Ray tasks, or auto by size"),
+))
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

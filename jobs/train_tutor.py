@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import base_parser, run_stage
-from pipelines.train_tutor import PRESETS, TutorConfig, run
+from jobs.cli import TRAIN_FLAGS, Flag, Job
+from pipelines.stages.train_tutor import PRESETS, TutorConfig, run
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("jobs.train_tutor", __doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="dataset root (models/garments/train_pairs/test_pairs parquet)")
-    parser.add_argument("--output", help="run root: tutor.pt, Ray Train checkpoints, summary.json (local or s3://)")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers (one GPU each with --use-gpu)")
-    parser.add_argument("--use-gpu", action="store_true", default=None, help="train on GPUs")
-    parser.add_argument("--max-failures", type=int, help="worker-failure retries from the latest checkpoint")
-    parser.add_argument("--force-unlock", action="store_true", default=None, help="take over a lock left by a dead run")
-    args = parser.parse_args(argv)
-    overrides = {"num_workers": args.num_workers, "use_gpu": args.use_gpu, "max_failures": args.max_failures}
-    train = {k: v for k, v in overrides.items() if v is not None}
-    explicit = {"data": args.data, "output": args.output, "force_unlock": args.force_unlock}
-    if train:
-        args.overrides = list(args.overrides) + [f"train.{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                                 for k, v in train.items()]
-    return run_stage(config_cls=TutorConfig, args=args, presets=PRESETS, explicit=explicit, run=run)
-
+JOB = Job(__doc__, TutorConfig, PRESETS, run, flags=(
+    Flag("--data", "dataset root (models/garments/train_pairs/test_pairs parquet)"),
+    Flag("--output", "run root: tutor.pt, Ray Train checkpoints, summary.json (local or s3://)"),
+    *TRAIN_FLAGS,
+))
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

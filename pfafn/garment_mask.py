@@ -370,19 +370,35 @@ def extract_garment_mask(image: np.ndarray, params: MaskParams | None = None) ->
     h0, w0 = img.shape[:2]
     if min(h0, w0) < 16:
         raise GarmentMaskError(f"image too small for mask extraction ({w0}x{h0})")
-    work = img
-    scale = max(h0, w0) / p.max_side
-    if scale > 1.0:
-        from PIL import Image
-
-        size = (max(16, int(round(w0 / scale))), max(16, int(round(h0 / scale))))
-        work = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
-    h, w = work.shape[:2]
+    work = _downscaled(img, p.max_side)
     lab = rgb_to_lab(work)
     if p.smoothing_sigma > 0:
         lab = ndi.gaussian_filter(lab, sigma=(p.smoothing_sigma, p.smoothing_sigma, 0), mode="nearest")
-
     bg = _fit_background(lab, p)
+    _check_background(bg, p)
+    evidence, dist, threshold, ambiguous = _foreground(lab, bg, p)
+    evidence, fg = _clean_up(evidence, work, p)
+    touching = _check_extent(fg, p)
+    confidence = _confidence(bg, p, fg, evidence, dist, threshold, touching, ambiguous)
+    if fg.shape != (h0, w0):
+        fg = _resize_nearest_bool(fg, h0, w0)
+    return GarmentMask(mask=np.ascontiguousarray(fg), confidence=round(confidence, 4))
+
+
+def _downscaled(img: np.ndarray, max_side: int) -> np.ndarray:
+    """``img`` box-filtered down so its longer side is ``max_side`` (unchanged when already that small)."""
+    h0, w0 = img.shape[:2]
+    scale = max(h0, w0) / max_side
+    if scale <= 1.0:
+        return img
+    from PIL import Image
+
+    size = (max(16, int(round(w0 / scale))), max(16, int(round(h0 / scale))))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
+
+
+def _check_background(bg: _Background, p: MaskParams) -> None:
+    """Refuse photos whose border is not one plain (possibly gently graded) background."""
     if bg.inlier_fraction < p.min_border_inliers:
         raise GarmentMaskError(
             f"not a plain-background photo: only {bg.inlier_fraction:.0%} of the border matches one background "
@@ -394,7 +410,10 @@ def extract_garment_mask(image: np.ndarray, params: MaskParams | None = None) ->
             f"from a smooth background (limit {p.busy_border_delta_e:.1f})"
         )
 
-    fg, dist, threshold, ambiguous = _foreground(lab, bg, p)
+
+def _clean_up(fg: np.ndarray, work: np.ndarray, p: MaskParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(evidence, mask)``: the cleaned foreground evidence and the garment mask made from it (its largest
+    component, holes filled, edges refined)."""
     cross = ndi.generate_binary_structure(2, 1)
     # Close one-pixel gaps, fill what the outline encloses, and only then open (a thin outline must survive until
     # it has been filled).
@@ -403,17 +422,19 @@ def extract_garment_mask(image: np.ndarray, params: MaskParams | None = None) ->
     fg = ndi.binary_opening(fg, structure=cross, iterations=1, border_value=0)
     if not fg.any():
         raise GarmentMaskError("no garment found: nothing differs from the background")
-    evidence = fg
-    fg = ndi.binary_fill_holes(_largest_component(fg))
+    mask = ndi.binary_fill_holes(_largest_component(fg))
     if p.refine_edges:
-        fg = ndi.binary_fill_holes(_largest_component(_refine_edges(work, fg)))
+        mask = ndi.binary_fill_holes(_largest_component(_refine_edges(work, mask)))
+    return fg, mask
 
+
+def _check_extent(fg: np.ndarray, p: MaskParams) -> float:
+    """Refuse masks too small, too large or cropped by the frame; return the share of the border they touch."""
     area = float(fg.mean())
     if area < p.min_area_fraction:
         raise GarmentMaskError(f"no garment found: foreground is only {area:.2%} of the image")
     if area > p.max_area_fraction:
         raise GarmentMaskError(f"foreground fills {area:.0%} of the image: not a product shot on a plain background")
-
     touching = float(np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]]).mean())
     sides = sum(float(side.mean()) > 0.1 for side in (fg[0], fg[-1], fg[:, 0], fg[:, -1]))
     if touching > p.max_border_touch or sides >= 3:
@@ -421,21 +442,21 @@ def extract_garment_mask(image: np.ndarray, params: MaskParams | None = None) ->
             f"garment touches {touching:.0%} of the image border ({sides} sides): cropped too tightly for a "
             f"product shot"
         )
+    return touching
 
-    # Confidence: border uniformity × noise × visible outline × how free the garment is of the frame × whether a
-    # shadow/garment ambiguity was resolved by keeping both × whether large pieces were left out.
+
+def _confidence(bg: _Background, p: MaskParams, fg: np.ndarray, evidence: np.ndarray, dist: np.ndarray,
+                threshold: float, touching: float, ambiguous: bool) -> float:
+    """Border uniformity × noise × visible outline × how free the garment is of the frame × whether a
+    shadow/garment ambiguity was resolved by keeping both × whether large pieces were left out."""
     c_border = float(np.clip((bg.inlier_fraction - p.min_border_inliers) / (0.95 - p.min_border_inliers), 0, 1))
     c_noise = float(np.clip(1.0 - bg.sigma / p.busy_border_delta_e, 0.0, 1.0))
-    contour = fg & ~ndi.binary_erosion(fg, cross)
+    contour = fg & ~ndi.binary_erosion(fg, ndi.generate_binary_structure(2, 1))
     c_outline = float((ndi.maximum_filter(dist, size=3)[contour] > threshold).mean()) if contour.any() else 0.0
     c_touch = float(np.clip(1.0 - touching, 0.0, 1.0))
     c_shadow = 0.6 if ambiguous else 1.0
     # Foreground evidence left outside the mask (a garment split by background-coloured stripes, or an open outline
     # that could not be filled) makes the result doubtful.
     c_whole = float((evidence & fg).sum()) / max(float(evidence.sum()), 1.0)
-    confidence = float(np.clip(
+    return float(np.clip(
         c_border * (0.5 + 0.5 * c_noise) * (0.25 + 0.75 * c_outline) * c_touch * c_shadow * c_whole**2, 0.0, 1.0))
-
-    if (h, w) != (h0, w0):
-        fg = _resize_nearest_bool(fg, h0, w0)
-    return GarmentMask(mask=np.ascontiguousarray(fg), confidence=round(confidence, 4))

@@ -57,7 +57,7 @@ class InferenceMode:
     """How to run inference.
 
     Attributes:
-        dtype: ``"fp32"`` (reference), ``"bf16"`` or ``"fp16"`` (autocast for the convolutions only).
+        dtype: ``"fp32"`` (the published precision), ``"bf16"`` or ``"fp16"`` (autocast for the convolutions only).
         channels_last: NHWC weights and inputs.
         compile: ``torch.compile`` the conv-heavy children.
     """

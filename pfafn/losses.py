@@ -1,4 +1,5 @@
-"""Training losses of PF-AFN (reference §4.4–4.6), pure PyTorch.
+"""Training losses of PF-AFN (the original ``PF-AFN_train/train_P[BF]AFN_{stage1,e2e}.py`` scripts; docs/method.md says
+what each term does), pure PyTorch.
 
 Conventions (see ``docs/architecture.md``):
 
@@ -57,7 +58,7 @@ __all__ = [
 # VGG19 perceptual loss
 # ---------------------------------------------------------------------------------------------------------------------
 
-#: File name of torchvision's ImageNet VGG19 weights (``VGG19_Weights.IMAGENET1K_V1``), as used by the reference.
+#: File name of torchvision's ImageNet VGG19 weights (``VGG19_Weights.IMAGENET1K_V1``), as used by the original training code.
 TORCHVISION_VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
 #: Where torchvision publishes that file (only fetched with ``allow_download=True``).
 TORCHVISION_VGG19_URL = f"https://download.pytorch.org/models/{TORCHVISION_VGG19_FILENAME}"
@@ -67,7 +68,7 @@ VGG_WEIGHTS_CONFIG_KEY = "loss.vgg_weights"
 # torchvision's VGG19 ("E") feature configuration up to relu5_1: conv output channels, "M" = 2×2 max-pool.
 _VGG19_CFG_TO_RELU5_1: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512,
                                                 "M", 512)
-#: Exclusive ends of the reference slices [0,2) [2,7) [7,12) [12,21) [21,30): outputs of relu1_1 … relu5_1.
+#: Exclusive ends of the original VGGLoss slices [0,2) [2,7) [7,12) [12,21) [21,30): outputs of relu1_1 … relu5_1.
 _VGG_SLICE_ENDS = (2, 7, 12, 21, 30)
 #: Reference weights of the relu1_1 … relu5_1 L1 terms.
 _VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
@@ -98,7 +99,7 @@ def _vgg19_features_to_relu5_1() -> nn.Sequential:
     """``torchvision.models.vgg19().features[:30]`` with ``ceil_mode=True`` pools, parameters on the meta device.
 
     Module indices equal torchvision's, so the state-dict keys are ``N.weight`` / ``N.bias``. ``ceil_mode=True``
-    lets the 16×12 pyramid level pass pool4 (reference §4.4, porting pitfall); it changes nothing for even sizes.
+    lets the 16×12 pyramid level pass pool4 (a porting pitfall on PyTorch >= 1.2); it changes nothing for even sizes.
     """
     layers: list[nn.Module] = []
     in_ch = 3
@@ -253,7 +254,7 @@ class VGGLoss(nn.Module):
 
     ``loss = Σ_k w_k · mean|φ_k(x) − φ_k(y)|`` over relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of VGG19 with
     w = (1/32, 1/16, 1/8, 1/4, 1). Inputs are fed as they are, in [-1, 1], **without** ImageNet normalization (as
-    published). The target's features are computed without gradient (the reference detaches them). All max-pools use
+    published). The target's features are computed without gradient (the original detaches them). All max-pools use
     ``ceil_mode=True`` so the 16×12 level works.
 
     Build it with :meth:`from_source` (path / URI / ``"torchvision"``) or :meth:`from_state_dict` (in memory).
@@ -330,10 +331,10 @@ class VGGLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Flow regularizers (§4.4)
+# Flow regularizers (``train_PBAFN_stage1.py``: the paper's second-order smoothness, plus TV)
 # ---------------------------------------------------------------------------------------------------------------------
 
-#: The four fixed 3×3 second-difference filters of the reference (horizontal, vertical, two diagonals), 4×1×3×3.
+#: The four fixed 3×3 second-difference filters of the original code (horizontal, vertical, two diagonals), 4×1×3×3.
 #: All are symmetric under a 180° rotation, so correlation (``conv2d``) equals convolution.
 SECOND_DIFFERENCE_FILTERS = torch.tensor(
     [
@@ -351,7 +352,7 @@ def generalized_charbonnier(d: Tensor, eps: float = 1e-3, alpha: float = 0.45) -
 
 
 def second_order_differences(flow: Tensor) -> tuple[Tensor, Tensor]:
-    """Second-difference responses of the x and y channels of a flow (the reference's ``delta_x_all/delta_y_all``).
+    """Second-difference responses of the x and y channels of a flow (the original code's ``delta_x_all/delta_y_all``).
 
     Args:
         flow: B×2×h×w normalized grid (channel 0 = x, 1 = y), h, w ≥ 3.
@@ -369,7 +370,7 @@ def second_order_differences(flow: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def second_order_smoothness(flow: Tensor, eps: float = 1e-3, alpha: float = 0.45) -> Tensor:
-    """Second-order smoothness L_sec of one flow level (reference §4.4).
+    """Second-order smoothness L_sec of one flow level .
 
     ``mean ρ(dx) + mean ρ(dy)`` with ρ the generalized Charbonnier (ε = 1e-3, α = 0.45) and dx, dy from
     :func:`second_order_differences`; each mean runs over B×4×(h−2)×(w−2). An affine flow attains the minimum
@@ -390,7 +391,7 @@ def second_order_smoothness(flow: Tensor, eps: float = 1e-3, alpha: float = 0.45
 
 
 def total_variation(offset: Tensor) -> Tensor:
-    """Anisotropic TV of the reference ``TVLoss``: mean |∂h offset| + mean |∂w offset| over the last two dims.
+    """Anisotropic TV of the original ``TVLoss``: mean |∂h offset| + mean |∂w offset| over the last two dims.
 
     Args:
         offset: …×h×w tensor (normally a B×2×h×w raw pixel-offset map). A dimension of size 1 contributes 0.
@@ -409,7 +410,7 @@ def total_variation(offset: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Warping loss (§4.4)
+# Warping loss (every stage of ``PF-AFN_train/``)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _field(out: Any, name: str, *, required: bool = True) -> Any:
@@ -440,7 +441,7 @@ def warp_loss(
     smooth_weight: float = 6.0,
     tv_weight: float = 0.01,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Multi-level warping loss L_warp of the reference (§4.4).
+    """Multi-level warping loss L_warp of the original ``train_PBAFN_stage1.py``.
 
     ``Σ_i (i+1)·[L1(x_i, t_i) + 0.2·VGG(x_i, t_i) + 2·L1(m_i, s_i) + 6·L_sec(flow_i)] + 0.01·Σ_offsets TV(Δ)``
     with i = 0..4 coarse→fine, and t_i, s_i the targets bilinearly downscaled (align_corners=False, no antialias)
@@ -498,7 +499,7 @@ def warp_loss(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Adjustable knowledge distillation (§4.6)
+# Adjustable knowledge distillation (``train_PFAFN_stage1.py``, ``train_PFAFN_e2e.py``)
 # ---------------------------------------------------------------------------------------------------------------------
 
 #: Feature-distillation weights (5−i)·0.04, coarse→fine.
@@ -529,7 +530,7 @@ def distillation_gate(tutor_warped: Tensor, student_warped: Tensor, target_garme
 
 
 def distillation_loss(tutor_out: Any, student_out: Any, gate: Tensor) -> tuple[Tensor, Tensor]:
-    """Feature and flow distillation losses of adjustable KD (§4.6); tutor tensors are detached.
+    """Feature and flow distillation losses of adjustable KD; tutor tensors are detached.
 
     - feature: ``Σ_i (5−i)·0.04 · Σ_b w_b·‖F_T,i − F_S,i‖²_b / (C·h_i·w_i·N)`` over the 5 ``person_features``
       levels (coarse→fine, weights 0.20 … 0.04), with C the actual channel count (256 published);
@@ -582,7 +583,7 @@ def distillation_loss(tutor_out: Any, student_out: Any, gate: Tensor) -> tuple[T
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Generator losses (§4.5)
+# Generator losses (``train_PBAFN_e2e.py``, ``train_PFAFN_e2e.py``)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _check_images(**tensors: Tensor) -> None:
@@ -620,7 +621,7 @@ def parser_based_gen_loss(
     real: Tensor,
     vgg: VGGLoss | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Tutor (PB e2e) generator loss, §4.5.
+    """Tutor (PB e2e) generator loss (``train_PBAFN_e2e.py``).
 
     ``5·L1(p_tryon, I) + VGG(p_tryon, I) + 5·L1(p_rendered, I) + VGG(p_rendered, I) + mean|1 − m|``.
 
@@ -655,7 +656,7 @@ def parser_free_gen_loss(
     *,
     switch_epoch: int = 50,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Student (PF e2e) generator loss, §4.5.
+    """Student (PF e2e) generator loss (``train_PBAFN_e2e.py``).
 
     ``gen_PB + a·L1(p_rendered·skin, I·skin) + b·VGG(p_rendered·skin, I·skin)`` with
     (a, b) = :func:`skin_loss_weights` ``(epoch, switch_epoch)``.

@@ -1,7 +1,7 @@
 """Learned perceptual metrics, pure PyTorch / torchvision (+ scipy for FID): LPIPS and FID's Inception features.
 
 No weights ship with this project and none can be downloaded where it is built: both networks are built *empty* and
-filled from state dicts the caller supplies (``pipelines.evaluate`` reads them from the configured ``lpips_weights``
+filled from state dicts the caller supplies (``pipelines.stages.evaluate`` reads them from the configured ``lpips_weights``
 / ``fid_weights`` URIs with ``torch.load(weights_only=True)``).
 
 Convention as in :mod:`pfafn.metrics`: images are float B×3×H×W in **[0, 1]**.

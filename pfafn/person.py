@@ -1,12 +1,12 @@
-"""The parser-based tutor's person representation (PF-AFN reference §4.2), numpy or torch in, torch float32 out.
+"""The parser-based tutor's person representation (``PF-AFN_train/data/aligned_dataset.py``), numpy or torch in, torch float32 out.
 
 Inputs are a 14-class ACGPN parsing map, a DensePose part-index map (0..24) and COCO-18 keypoints, as numpy
 arrays or torch tensors. Every function accepts a single sample (parsing / DensePose ``H×W``, keypoints ``18×3``,
 image ``H×W×3`` uint8 or ``3×H×W`` float) or a batch with any leading dimensions (``B×H×W``, ``B×18×3``,
 ``B×3×H×W``), and returns float32 tensors shaped ``(..., C, H, W)`` on the device of the (first tensor) input.
-Label 7 ("noise") is merged into 4 (upper clothes) wherever the parsing is read, as the reference does.
+Label 7 ("noise") is merged into 4 (upper clothes) wherever the parsing is read, as the original data loader does.
 
-The reference pipeline (``PF-AFN_train/train_PFAFN_stage1.py``):
+The original pipeline (``PF-AFN_train/train_PFAFN_stage1.py``):
 
 * PB warp person input, 45 channels (``tutor_warp_input``):
   ``[face_mask(1), other_clothes_mask(1), one-hot DensePose(25), pose maps(18)]``.
@@ -20,9 +20,9 @@ The reference pipeline (``PF-AFN_train/train_PFAFN_stage1.py``):
     unpaired garment edge**: ``dense_preserve_mask · (1 − warped_prod_edge_un)`` in the published code.
 * Warp-loss targets (``person_clothes``): ``person_clothes = image · {4}``, ``person_clothes_edge = {4}``.
 
-Pose maps (``pose_maps``) reproduce the reference's PIL drawing exactly: every keypoint with x > 1 and y > 1
+Pose maps (``pose_maps``) reproduce the original data loader's PIL drawing exactly: every keypoint with x > 1 and y > 1
 becomes the filled square ``[trunc(x − r), trunc(x + r)] × [trunc(y − r), trunc(y + r)]`` (11×11 for r = 5)
-of value 1 on a background of −1, one channel per keypoint (the confidence is ignored, as in the reference).
+of value 1 on a background of −1, one channel per keypoint (the confidence is ignored, as in the original).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pfafn.data.labels import (
+from pfafn.synthetic.labels import (
     ARM_LABELS,
     BACKGROUND,
     CLOTHES_LABELS,
@@ -58,7 +58,7 @@ from pfafn.data.labels import (
 )
 
 __all__ = [
-    # label scheme (re-exported from pfafn.data.labels)
+    # label scheme (re-exported from pfafn.synthetic.labels)
     "BACKGROUND",
     "HAIR",
     "UPPER_CLOTHES",
@@ -121,7 +121,7 @@ def _label_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if t.dim() < 2:
         raise ValueError(f"{name} must be (..., H, W), got shape {tuple(t.shape)}")
     if t.is_floating_point():
-        # label maps stored as floats (e.g. the reference's ToTensor()*255) must hold exact integers
+        # label maps stored as floats (e.g. the original loader's ToTensor()*255) must hold exact integers
         rounded = torch.round(t)
         if not torch.equal(rounded, t):
             raise ValueError(f"{name} holds non-integer values")
@@ -130,7 +130,7 @@ def _label_tensor(x: ArrayLike, name: str) -> torch.Tensor:
 
 
 def merge_noise_label(parsing: ArrayLike) -> torch.Tensor:
-    """The parsing (…, H, W) as int64 with label 7 ("noise") replaced by 4 (upper clothes), as the reference."""
+    """The parsing (…, H, W) as int64 with label 7 ("noise") replaced by 4 (upper clothes), as the original data loader does."""
     p = _label_tensor(parsing, "parsing")
     return torch.where(p == NOISE, torch.full_like(p, UPPER_CLOTHES), p)
 
@@ -211,7 +211,7 @@ def pose_maps(keypoints: ArrayLike, height: int, width: int, radius: int = 5) ->
     """Keypoint maps float32 (…, K, H, W) in {-1, 1}: one filled (2r+1)-square per keypoint with x > 1 and y > 1.
 
     ``keypoints`` is (…, K, 2) or (…, K, 3) pixel coordinates (x, y[, confidence]); K = 18 for COCO-18.
-    Matches the reference's ``ImageDraw.rectangle((x-r, y-r, x+r, y+r))`` pixel for pixel (corners truncated to
+    Matches the original loader's ``ImageDraw.rectangle((x-r, y-r, x+r, y+r))`` pixel for pixel (corners truncated to
     integers, both ends inclusive, clipped to the image).
     """
     if isinstance(keypoints, torch.Tensor):

@@ -1,6 +1,6 @@
 """The parser-free PF-AFN try-on model: AFWM(3) + ResUnetGenerator(7, 4) and the published test pipeline.
 
-``TryOnModel(person, garment, garment_mask)`` reproduces ``PF-AFN_test/test.py`` (reference §2.3):
+``TryOnModel(person, garment, garment_mask)`` reproduces ``PF-AFN_test/test.py``:
 
 1. binarize the mask (``mask > 0.5``) and multiply the garment by it (background → 0, mid-gray in [-1, 1]);
 2. ``warp(person, garment)`` → warped garment (border padding) and flow;

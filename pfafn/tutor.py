@@ -1,6 +1,6 @@
 """The parser-based tutor (PB-AFN): AFWM(45) + ResUnetGenerator(8, 4) on the human representation.
 
-The tutor sees what the student never will: parsing, DensePose and pose (reference §4.2). Its inputs per person are
+The tutor sees what the student never will: parsing, DensePose and pose (``PF-AFN_train/data/aligned_dataset.py``). Its inputs per person are
 built by :mod:`pfafn.person`:
 
 - warp person branch: ``tutor_warp_input(parsing, densepose, keypoints)`` — 45 channels;
@@ -90,7 +90,7 @@ class TutorModel(nn.Module):
             garment: B×3×H×W in [-1, 1]; garment_mask: B×1×H×W in [0, 1] (binarized at 0.5 here).
             cloth_region: which region the dense preserve mask excludes (see the module docstring).
             composite_region: optional B×1×H×W multiplier of the composition mask (PB training uses the
-                parsing's clothes region, reference §4.5).
+                parsing's clothes region, ``PF-AFN_train/train_PBAFN_e2e.py``).
             intermediates: return the warp's per-level training outputs.
         """
         binary = (garment_mask > 0.5).to(garment.dtype)

@@ -1,23 +1,37 @@
-"""The Ray Data batch-inference skeleton the model stages share (catalog try-on, tutor inference, evaluation).
+"""The one Ray Data stage skeleton: catalog try-on, tutor inference and evaluation are each a :class:`BatchStage`.
 
-Each stage cuts its work into *units* (a tile of garments × models, a chunk of persons, a chunk of pairs) that stay
-ids/URIs until they run through::
+:func:`run_batch_stage` runs every one of them the same way, top to bottom::
 
-    from_items(units) → decode (CPU tasks) → model (actor pool, optional) → write (CPU tasks, the commit point)
+    validate → absolute paths → run id → model version → with lock_output(...):
+        plan units (ids/URIs only; the done set is already removed) → write the error rows decided at planning
+        → ensure_ray + model actor pool → stream the units:
 
-and the driver consumes one small row per committed unit. Errors never escape a unit: decode, model and write
-turn failures into per-row error strings (``error_reason``), so one bad image never drops a block of good rows.
+            from_items(units) → decode (CPU tasks) → model (actor pool, optional) → write (CPU tasks, the commit point)
+
+        → collect one small row per committed unit → summary → gallery → {output}/summary.json
+
+A stage supplies only what differs: how it plans its units, the decode and write functions (module-level, so Ray
+ships them by reference with the worker cfg dict, never the stage object), the model actor class, its summary
+fields and its gallery cards. Errors never escape a unit: decode, model and write turn failures into per-row error
+strings (:func:`error_reason`, which names the input that failed), so one bad image never drops a block of good rows.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
 import json
 import logging
 import os
 import signal
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
+import pyarrow as pa
+
+from pipelines.core.config import ConfigError, absolute_paths, check_choices, check_size, require
 
 log = logging.getLogger(__name__)
 
@@ -25,69 +39,179 @@ log = logging.getLogger(__name__)
 FAULT_KILL_ENV = "PFAFN_FAULT_KILL_AFTER_COMMITS"
 
 
-@dataclass
-class BatchStageConfig:
-    """The fields every Ray Data model stage shares (catalog try-on, tutor inference); documented in their YAMLs."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Configs.
 
+
+@dataclass
+class RayStageConfig:
+    """The settings every Ray Data stage shares (catalog try-on, tutor inference, evaluation), one name each."""
+
+    output: str = ""
     height: int = 256
     width: int = 192
     batch_size: int = 16
-    precision: str = "auto"
-    channels_last: bool | str = "auto"  # true | false | auto (see resolve_channels_last)
-    compile: bool = False
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     actors: int = 0
     cpus_per_actor: float = 0.0
     torch_threads: int = 0
-    min_mask_confidence: float = 0.5
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 50 * 1024 * 1024
-    max_error_rate: float = 1.0
-    gallery_size: int = 24
     lock_ttl_s: float = 600.0
     force_unlock: bool = False
     run_id: str = ""
 
-    def validate_common(self, stage: str, required: tuple[str, ...]) -> None:
-        from pipelines.errors import StageError
-
-        for name in required:
-            if not getattr(self, name):
-                raise StageError(f"{stage}: --{name.replace('_', '-')} is required")
-        if self.height % 32 or self.width % 32 or self.height < 64 or self.width < 64:
-            raise StageError(f"{stage}: height and width must be multiples of 32 and >= 64, got "
-                             f"{self.height}x{self.width}")
+    def check_common(self, where: str, *required: str) -> None:
+        """Choices, required fields and batch size; each stage's ``validate()`` adds its own rules."""
+        check_choices(self, where)
+        require(self, where, *required)
         if self.batch_size < 1:
-            raise StageError(f"{stage}: batch_size must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise StageError(f"{stage}: precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise StageError(f"{stage}: device must be auto|cpu|cuda, got {self.device!r}")
-        if self.channels_last not in (True, False, "auto"):
-            raise StageError(f"{stage}: channels_last must be true|false|auto, got {self.channels_last!r}")
+            raise ConfigError(f"{where}: batch_size must be >= 1")
+
+
+@dataclass
+class BatchStageConfig(RayStageConfig):
+    """The model stages (catalog try-on, tutor inference) add the PF-AFN model's settings; documented in their
+    YAMLs."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # see resolve_channels_last
+    compile: bool = False
+    min_mask_confidence: float = 0.5
+    max_error_rate: float = 1.0
+    gallery_size: int = 24
+
+    def validate_common(self, where: str, required: tuple[str, ...]) -> None:
+        self.check_common(where, *required)
+        check_size(where, self.height, self.width)
         if not 0.0 <= self.max_error_rate <= 1.0:
-            raise StageError(f"{stage}: max_error_rate must be within [0, 1]")
+            raise ConfigError(f"{where}: max_error_rate must be within [0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Error reasons: which input failed, in one line.
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as one short line (typed image/storage errors carry a ``reason``)."""
-    text = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    """An exception as one short line: a typed image/storage error's ``reason``, else ``"TypeName: message"``."""
+    reason = getattr(exc, "reason", None)
+    text = str(reason) if reason else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     return " ".join(text.split())[:300]
 
 
-def error_reason(what: str, exc: BaseException) -> str:
-    """``"garment TruncatedImageError: truncated JPEG"`` — the one-line reason stored in error rows."""
-    return f"{what} {type(exc).__name__}: {one_line(exc)}"
+#: What an error row can blame, as the first words of its reason (users filter on these; keep them stable).
+ERROR_SOURCES = ("person image", "garment image", "garment mask", "parsing", "densepose", "pose", "try-on image",
+                 "ground truth image", "real image", "inference", "metrics", "write")
 
 
-def stack_ragged(arrays: list[np.ndarray]) -> np.ndarray:
-    """A batch column of per-row arrays of different shapes (Ray Data's variable-shaped tensors)."""
-    if len(arrays) == 1:
-        return arrays[0][None]
-    out = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):
-        out[i] = a
-    return out
+def error_reason(source: str, exc: BaseException) -> str:
+    """``"garment image: truncated JPEG"`` — the one-line reason stored in error rows; ``source`` says which input
+    (or step) failed and is one of :data:`ERROR_SOURCES`."""
+    if source not in ERROR_SOURCES:
+        raise ValueError(f"unknown error source {source!r}; add it to ERROR_SOURCES")
+    return f"{source}: {one_line(exc)}"
+
+
+class InputError(Exception):
+    """One input of a unit failed; ``reason`` is already the error row's text (``"garment mask: ..."``)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))
+
+
+@contextlib.contextmanager
+def blame(source: str) -> Iterator[None]:
+    """Inside the block, any failure is ``source``'s: it leaves as :class:`InputError` with that reason (an inner
+    ``blame`` wins, so a helper can name a more precise source than its caller)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(error_reason(source, exc)) from exc
+
+
+def reason_for(exc: BaseException, source: str) -> str:
+    """The error row text of ``exc``: its own reason when a :func:`blame` block named the input, else ``source``'s."""
+    return exc.reason if isinstance(exc, InputError) else error_reason(source, exc)
+
+
+def first_errors(units: list[tuple[int, ...]], *errors: list[str | None]) -> tuple[list[str | None], list[int]]:
+    """For each item (one index into each of ``errors``), the first input's error, and the items with none.
+
+    ``first_errors([(g, m), ...], garment_errors, model_errors)`` -> ``(reasons, runnable indices)``."""
+    reasons: list[str | None] = []
+    runnable: list[int] = []
+    for k, idx in enumerate(units):
+        reason = next((e[i] for e, i in zip(errors, idx) if e[i]), None)
+        reasons.append(reason)
+        if reason is None:
+            runnable.append(k)
+    return reasons, runnable
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Decoding the shared inputs (CPU tasks).
+
+
+def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Read, decode and fit one garment photo and its mask (read, or extracted from a plain-background photo).
+
+    Returns ``(uint8 H×W×3, uint8 H×W mask in {0, 255})`` at ``cfg["height"] × cfg["width"]``. Raises
+    :class:`InputError` naming ``garment image`` or ``garment mask`` (a mask that cannot be read or decoded, does
+    not match the photo's size, or was extracted with too little confidence).
+    """
+    from pfafn import garment_mask, imageio
+    from pipelines.core import storage
+
+    with blame("garment image"):
+        image = imageio.decode_image(storage.read_bytes(image_uri, max_bytes=cfg["max_image_bytes"]),
+                                     max_pixels=cfg["max_image_pixels"])
+    with blame("garment mask"):
+        if mask_uri:
+            mask = imageio.decode_mask(storage.read_bytes(mask_uri, max_bytes=cfg["max_image_bytes"]),
+                                       max_pixels=cfg["max_image_pixels"])
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the garment image is "
+                                 f"{image.shape[1]}x{image.shape[0]}")
+        else:
+            extracted = garment_mask.extract_garment_mask(image)
+            if extracted.confidence < cfg["min_mask_confidence"]:
+                raise garment_mask.GarmentMaskError(
+                    f"low mask confidence {extracted.confidence:.2f} < {cfg['min_mask_confidence']:.2f}")
+            mask = extracted.mask.astype(np.float32)
+        fitted_mask = imageio.fit_mask(mask, cfg["height"], cfg["width"])
+    with blame("garment image"):
+        fitted = imageio.fit_image(image, cfg["height"], cfg["width"])
+    return fitted, (fitted_mask > 0.5).astype(np.uint8) * 255
+
+
+def read_image(uri: str, cfg: dict) -> np.ndarray:
+    """Read and decode one image within the ``max_image_bytes`` / ``max_image_pixels`` limits (uint8 H×W×3)."""
+    from pfafn import imageio
+    from pipelines.core import storage
+
+    if not uri:
+        raise FileNotFoundError("no image URI")
+    return imageio.decode_image(storage.read_bytes(uri, max_bytes=cfg["max_image_bytes"]),
+                                max_pixels=cfg["max_image_pixels"])
+
+
+def decode_photo(image_uri: str, cfg: dict) -> np.ndarray:
+    """Read, decode and fit one person photo to ``cfg["height"] × cfg["width"]`` (uint8 H×W×3); failures are the
+    ``person image``'s."""
+    from pfafn import imageio
+
+    with blame("person image"):
+        return imageio.fit_image(read_image(image_uri, cfg), cfg["height"], cfg["width"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model actors.
 
 
 def peak_rss_mb() -> float:
@@ -122,6 +246,124 @@ def resolve_channels_last(channels_last: bool | str, device: str, precision: str
     return device == "cuda" or precision == "fp32"
 
 
+def stack_ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """A batch column of per-row arrays of different shapes (Ray Data's variable-shaped tensors)."""
+    if len(arrays) == 1:
+        return arrays[0][None]
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+class UnitActor:
+    """Base of the model actors: one model on one device; each decoded unit of a batch goes through
+    :meth:`run_unit` (``meta`` plus the arrays named in ``inputs``), which returns ``(meta, payload array)``."""
+
+    inputs: ClassVar[tuple[str, ...]] = ()
+    payload: ClassVar[str] = "images"
+
+    def __init__(self, cfg: dict):
+        import torch
+
+        self.device = cfg["device"]
+        if cfg.get("torch_threads"):
+            torch.set_num_threads(int(cfg["torch_threads"]))
+        self.batch_size = int(cfg["batch_size"])
+
+    def inference_mode(self, cfg: dict):
+        """The :class:`pfafn.inference.InferenceMode` of ``cfg``'s precision and memory format on this device."""
+        from pfafn.inference import InferenceMode
+
+        self.precision = resolve_precision(cfg["precision"], self.device)
+        channels_last = resolve_channels_last(cfg["channels_last"], self.device, self.precision)
+        return InferenceMode(dtype=self.precision, channels_last=channels_last, compile=cfg["compile"])
+
+    def run_unit(self, meta: dict, *arrays: np.ndarray) -> tuple[dict, np.ndarray]:
+        raise NotImplementedError
+
+    def pack(self, payloads: list[np.ndarray]) -> np.ndarray:
+        return stack_ragged(payloads)
+
+    def __call__(self, batch: dict) -> dict:
+        metas, payloads = [], []
+        for i, meta_json in enumerate(batch["meta"]):
+            meta, out = self.run_unit(json.loads(meta_json), *(batch[k][i] for k in self.inputs))
+            metas.append(json.dumps(meta))
+            payloads.append(out)
+        return {"meta": np.array(metas, dtype=object), self.payload: self.pack(payloads)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Committing a unit and reading the committed parts back.
+
+
+def part_uri(output: str, folder: str, run_id: str, unit: int | str) -> str:
+    """``{output}/{folder}/part-{run_id}-{unit:06d}.parquet`` (or ``-{name}`` for the parts planning writes). Named
+    by run and unit, so a retried Ray task overwrites its own part."""
+    from pipelines.core import storage
+
+    name = f"{unit:06d}" if isinstance(unit, int) else unit
+    return storage.join_uri(output, folder, f"part-{run_id}-{name}.parquet")
+
+
+def result_row(error: str | None, **values: Any) -> dict:
+    """One result row: ``values`` plus ``status`` (ok without ``error``), ``error`` and ``finished_at`` (now, UTC)."""
+    return {**values, "status": "ok" if error is None else "error", "error": error,
+            "finished_at": datetime.datetime.now(datetime.timezone.utc)}
+
+
+def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts; missing keys are null) as a table of ``schema``."""
+    return pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+
+
+def commit_part(table: pa.Table, uri: str) -> None:
+    """Write one unit's rows as one Parquet object, atomically: the unit's commit point."""
+    from pipelines.core import manifests
+
+    manifests.write_manifest(table, uri)
+
+
+def read_parts(root: str, spec, *, where: dict[str, Any] | None = None, prefix: str = "") -> pa.Table:
+    """Every ``*.parquet`` part under ``root`` whose name starts with ``prefix``, conformed to ``spec`` (a manifest
+    kind or :class:`pipelines.core.manifests.ManifestSpec`) and cast to its schema; ``where`` keeps the rows whose
+    columns equal the given values. No parts: an empty table."""
+    import pyarrow.compute as pc
+
+    from pipelines.core import manifests, storage
+
+    spec = manifests.SPECS[spec] if isinstance(spec, str) else spec
+    files = storage.list_files(root, suffix=".parquet") if storage.exists(root) else []
+    parts = []
+    for uri in files:
+        if prefix and not storage.basename(uri).startswith(prefix):
+            continue
+        table = manifests.conform(manifests.read_table(uri), spec, uri=uri, check_required=False)
+        for column, value in (where or {}).items():
+            table = table.filter(pc.equal(table[column], value))
+        parts.append(table.select(spec.schema.names).cast(spec.schema))
+    return pa.concat_tables(parts) if parts else spec.schema.empty_table()
+
+
+def store_image(key: Callable[[], str], encode: Callable[[], bytes]) -> tuple[str | None, str | None, float]:
+    """Write one output image: ``(uri, None, ms)``, or ``(None, "write: ...", ms)`` when the key, the encoding or the
+    storage fails (the pair becomes an error row; the unit goes on)."""
+    from pipelines.core import storage
+
+    started = time.perf_counter()
+    try:
+        uri = key()
+        storage.write_bytes(uri, encode())
+    except Exception as exc:
+        return None, error_reason("write", exc), (time.perf_counter() - started) * 1e3
+    return uri, None, (time.perf_counter() - started) * 1e3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Streaming the units through Ray Data.
+
+
 def decode_task_cpus(actor_plan) -> float:
     """CPUs of a decode task in front of the model actors.
 
@@ -131,45 +373,6 @@ def decode_task_cpus(actor_plan) -> float:
     if actor_plan is None or actor_plan.num_gpus or abs(actor_plan.num_cpus - 0.5) > 1e-6:
         return 0.5
     return 0.4
-
-
-def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Read, decode and fit one garment photo and its mask (read, or extracted from a plain-background photo).
-
-    Returns ``(uint8 H×W×3, uint8 H×W mask in {0, 255})`` at ``cfg["height"] × cfg["width"]``. Raises the typed
-    image / storage / :class:`pfafn.garment_mask.GarmentMaskError` errors.
-    """
-    from pfafn import garment_mask, imageio
-    from pipelines import storage
-
-    data = storage.read_bytes(image_uri, max_bytes=cfg["max_image_bytes"])
-    image = imageio.decode_image(data, max_pixels=cfg["max_image_pixels"])
-    if mask_uri:
-        mask_data = storage.read_bytes(mask_uri, max_bytes=cfg["max_image_bytes"])
-        mask = imageio.decode_mask(mask_data, max_pixels=cfg["max_image_pixels"])
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the garment image is "
-                             f"{image.shape[1]}x{image.shape[0]}")
-    else:
-        extracted = garment_mask.extract_garment_mask(image)
-        if extracted.confidence < cfg["min_mask_confidence"]:
-            raise garment_mask.GarmentMaskError(
-                f"low mask confidence {extracted.confidence:.2f} < {cfg['min_mask_confidence']:.2f}"
-            )
-        mask = extracted.mask.astype(np.float32)
-    fitted = imageio.fit_image(image, cfg["height"], cfg["width"])
-    fitted_mask = imageio.fit_mask(mask, cfg["height"], cfg["width"])
-    return fitted, (fitted_mask > 0.5).astype(np.uint8) * 255
-
-
-def decode_photo(image_uri: str, cfg: dict) -> np.ndarray:
-    """Read, decode and fit one person photo to ``cfg["height"] × cfg["width"]`` (uint8 H×W×3)."""
-    from pfafn import imageio
-    from pipelines import storage
-
-    data = storage.read_bytes(image_uri, max_bytes=cfg["max_image_bytes"])
-    image = imageio.decode_image(data, max_pixels=cfg["max_image_pixels"])
-    return imageio.fit_image(image, cfg["height"], cfg["width"])
 
 
 def stream_units(
@@ -217,3 +420,171 @@ def stream_units(
 def progress(done: int, total: int) -> bool:
     """Whether to log progress after ``done`` of ``total`` units (about 20 lines per run)."""
     return done == total or done % max(1, total // 20) == 0
+
+
+def worker_cfg(config, run_id: str, actor_plan) -> dict:
+    """The plain dict the decode/model/write functions get: the config's fields, the run id, and the actor pool's
+    device and torch threads (automatic: about 2 per reserved CPU on a CPU actor)."""
+    cfg = dataclasses.asdict(config) | {"run_id": run_id}
+    if actor_plan is not None:
+        cfg["device"] = actor_plan.device
+        if not cfg["torch_threads"] and actor_plan.device == "cpu":
+            cfg["torch_threads"] = max(1, int(round(actor_plan.num_cpus * 2)))
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The skeleton.
+
+
+@dataclass
+class BatchRun:
+    """One run as the skeleton tracks it; every hook gets it."""
+
+    run_id: str
+    started: float
+    version: str = ""  # the model's content id ("" for a stage without one)
+    units: list[dict] = field(default_factory=list)
+    ok: int = 0
+    error: int = 0  # this run's error rows, planned ones included
+    actor_plan: Any = None  # pipelines.core.ray_env.ActorPlan once the pool is sized
+    cfg: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # plan_s, execute_s and the units' summed *_ms
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+
+class BatchStage:
+    """One Ray Data stage. Class attributes say what it is; the methods are the hooks :func:`run_batch_stage` calls,
+    in this order. ``decode(unit, cfg)`` and ``write(meta, payload, cfg)`` are module-level functions (set with
+    ``staticmethod``): Ray ships them with the worker cfg dict, never with the stage object and its plan."""
+
+    name: ClassVar[str] = ""  # the summary's "stage" and the log prefix
+    unit_name: ClassVar[str] = "unit"  # what progress lines call a unit ("tile", "chunk")
+    path_fields: ClassVar[tuple[str, ...]] = ()  # config fields made absolute before any path leaves the driver
+    model_cls: ClassVar[type | None] = None  # the model actor (a UnitActor); None: decode -> write only
+    payload: ClassVar[str] = "images"  # the model actor's output column
+    timing_keys: ClassVar[tuple[str, ...]] = ("decode_ms", "model_ms", "encode_ms")  # summed from the write rows
+    decode: ClassVar[Callable[[dict, dict], dict]]
+    write: ClassVar[Callable[[dict, Any, dict], dict]]
+
+    def __init__(self, config):
+        self.config = config
+        self.planned: Any = None  # what plan() found (the stage's own Plan), for the later hooks
+
+    def model_version(self) -> str:
+        """The model's content id, read before the lock so a bad checkpoint fails before anything is written."""
+        return ""
+
+    def plan(self, run: BatchRun) -> list[dict]:
+        """The units still to do (ids/URIs only, the done set removed)."""
+        raise NotImplementedError
+
+    def write_planned(self, run: BatchRun) -> int:
+        """Write the error rows decided at planning (rejected manifest rows, missing inputs); return how many count
+        as this run's errors."""
+        return 0
+
+    def uses_model(self, run: BatchRun) -> bool:
+        return self.model_cls is not None
+
+    def worker_extras(self, run: BatchRun) -> dict:
+        """Keys the stage adds to the worker cfg."""
+        return {}
+
+    def model_kwargs(self, cfg: dict) -> dict:
+        return {"cfg": cfg}
+
+    def collect(self, row: dict, run: BatchRun) -> None:
+        """Gather what the stage needs from one committed unit's row (ok/error and timings are summed already)."""
+
+    def summary(self, run: BatchRun) -> dict[str, Any]:
+        """The stage's own summary fields (it may set ``run.ok`` / ``run.error`` to what its error rate counts)."""
+        return {}
+
+    def gallery(self, run: BatchRun, summary: dict):
+        """A :class:`pipelines.core.gallery.Sheet` to render (None: no gallery)."""
+        return None
+
+
+def run_batch_stage(stage: BatchStage) -> dict[str, Any]:
+    """Run one stage: plan → stream units → commit parts → summary; returns the summary (also written under the
+    output as ``summary.json`` and ``runs/{run_id}.json``)."""
+    from pipelines.core.locking import lock_output, new_run_id, write_run_summary
+
+    stage.config.validate()
+    config = stage.config = absolute_paths(stage.config, *stage.path_fields)
+    run = BatchRun(run_id=new_run_id(config.run_id), started=time.time())
+    run.version = stage.model_version()
+    with lock_output(config.output, run.run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock):
+        run.units = stage.plan(run)
+        run.timings = {"plan_s": run.elapsed(), "execute_s": 0.0, **{k: 0.0 for k in stage.timing_keys}}
+        run.error += stage.write_planned(run)
+        if run.units:
+            _execute(stage, run)
+        summary = _summary(stage, run)
+        sheet = stage.gallery(run, summary) if getattr(config, "gallery_size", 0) > 0 else None
+        if sheet is not None:
+            from pipelines.core import gallery
+
+            summary["gallery"] = gallery.write_gallery(config.output, run.run_id, sheet, config.gallery_size,
+                                                       salt=run.version)
+        write_run_summary(config.output, run.run_id, summary)
+    return summary
+
+
+def _execute(stage: BatchStage, run: BatchRun) -> None:
+    """Size the actor pool, stream the units and collect one row per committed unit."""
+    from pipelines.core.ray_env import ensure_ray, model_actor_plan
+
+    config = stage.config
+    ensure_ray()
+    if stage.uses_model(run):
+        run.actor_plan = model_actor_plan(config.device, config.actors, config.cpus_per_actor)
+    cfg = run.cfg = worker_cfg(config, run.run_id, run.actor_plan) | stage.worker_extras(run)
+    decode, write = stage.decode, stage.write
+    started = time.time()
+    rows = stream_units(
+        run.units,
+        decode=lambda unit: decode(unit, cfg),
+        write=lambda meta, payload: write(meta, payload, cfg),
+        actor_plan=run.actor_plan,
+        model_cls=stage.model_cls if run.actor_plan is not None else None,
+        model_kwargs=stage.model_kwargs(cfg),
+        payload=stage.payload,
+    )
+    total = len(run.units)
+    for done, row in enumerate(rows, start=1):
+        run.ok += int(row["ok"])
+        run.error += int(row["error"])
+        for key in stage.timing_keys:
+            run.timings[key] += float(row[key])
+        stage.collect(row, run)
+        if progress(done, total):
+            log.info("%s %s: %ss %d/%d written: %d ok, %d error", stage.name, run.run_id, stage.unit_name, done,
+                     total, run.ok, run.error)
+    run.timings["execute_s"] = time.time() - started
+
+
+def _summary(stage: BatchStage, run: BatchRun) -> dict[str, Any]:
+    """The fields every stage's summary has, around the stage's own."""
+    own = stage.summary(run)
+    wall = run.elapsed()
+    attempted = run.ok + run.error
+    timings = {k: round(v, 3 if k.endswith("_s") else 1) for k, v in run.timings.items()}
+    summary: dict[str, Any] = {
+        "stage": stage.name,
+        "run_id": run.run_id,
+        "output": stage.config.output,
+        **own,
+        "error_rate": round(run.error / attempted, 6) if attempted else 0.0,
+        "actors": run.actor_plan.size if run.actor_plan else 0,
+        "device": run.actor_plan.device if run.actor_plan else None,
+        "timings": {**timings, "wall_s": round(wall, 3), **own.get("timings", {})},
+        "wall_s": round(wall, 3),
+    }
+    limit = getattr(stage.config, "max_error_rate", None)
+    if limit is not None:
+        summary["exceeded_error_rate"] = bool(attempted and run.error / attempted > limit)
+    return summary

@@ -1,6 +1,6 @@
-"""The dataset root (``--data URI``) shared by the synthetic generator and the VITON importer.
+"""The dataset root (``--data URI``) and the writer skeleton shared by ``generate_synthetic`` and ``import_viton``.
 
-Layout (docs/datasets.md, docs/architecture.md "Data contracts")::
+Layout (docs/datasets.md, docs/data-contracts.md)::
 
     {root}/world.json            what the root holds (source, generator, seed, sizes, counts); the identity check
     {root}/models.parquet        model_id, image_uri, split, parsing_uri, pose_uri, densepose_uri
@@ -11,9 +11,13 @@ Layout (docs/datasets.md, docs/architecture.md "Data contracts")::
     {root}/import_errors.parquet rejected input files / pair lines     (VITON importer only)
     {root}/summary.json, {root}/runs/{run_id}.json                     the writer's run summaries
 
-This module holds what both writers need: root normalisation, the ``world.json`` identity check, manifests that are
-rewritten only when their content changes, and one way to run chunks of work either in this process (a thread pool)
-or as Ray tasks.
+A writer run (:class:`WriterRun`) reads top to bottom::
+
+    validate config ──► claim the root (world.json created exclusively, or equal to this run's identity)
+        ──► chunks of work, run by threads in this process or as Ray tasks (:func:`run_chunks`)
+        ──► manifests, rewritten only when their content changes ──► world.json + run summary
+
+Every file has a deterministic key, so a re-run skips what exists and a killed run is finished by running it again.
 """
 from __future__ import annotations
 
@@ -21,13 +25,18 @@ import json
 import logging
 import os
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pyarrow as pa
 
-from pipelines import manifests, storage
-from pipelines.errors import StageError
+from pipelines.core import manifests, storage
+from pipelines.core.config import ConfigError, check_choices, require
+from pipelines.core.errors import StageError
+from pipelines.core.locking import new_run_id, write_run_summary
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,36 @@ MANIFEST_FILES = {
     "ground_truth": "ground_truth.parquet",
 }
 IMPORT_ERRORS_FILE = "import_errors.parquet"
-EXECUTORS = ("auto", "local", "ray")
+Executor = Literal["auto", "local", "ray"]
+EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
+
+
+@dataclass
+class DatasetWriterConfig:
+    """The fields both dataset writers share (their YAML/docstrings document them); a writer's config subclasses
+    this and may change the defaults.
+
+    output          dataset root to write (local folder or s3://bucket/prefix)
+    executor        auto | local | ray: where the work runs; auto = Ray when there are >= ray_min_items work units
+    ray_min_items   work units from which executor=auto uses Ray
+    chunk_size      work units per task (one Ray task or one thread job)
+    workers         threads of the in-process executor (reads, encodes and storage writes overlap)
+    cpus_per_task   CPUs each Ray task reserves
+    """
+
+    output: str = ""
+    executor: Executor = "auto"
+    ray_min_items: int = 512
+    chunk_size: int = 32
+    workers: int = 4
+    cpus_per_task: float = 1.0
+
+    def check_writer(self, where: str) -> None:
+        """The checks of the shared fields (:class:`ConfigError`); a writer's ``validate()`` calls it."""
+        require(self, where, "output")
+        check_choices(self, where)
+        if self.chunk_size < 1 or self.workers < 1 or self.ray_min_items < 0 or self.cpus_per_task <= 0:
+            raise ConfigError(f"{where}: chunk_size and workers must be >= 1, ray_min_items >= 0, cpus_per_task > 0")
 
 
 def normalize_root(uri: str) -> str:
@@ -140,6 +178,11 @@ def write_manifest_if_changed(table: pa.Table, uri: str, kind: str) -> bool:
     return True
 
 
+def write_manifests(root: str, tables: Mapping[str, pa.Table]) -> list[str]:
+    """Write each ``kind -> table`` to its manifest under ``root`` unless unchanged; the kinds written."""
+    return [kind for kind, table in tables.items() if write_manifest_if_changed(table, manifest_uri(root, kind), kind)]
+
+
 def write_errors_if_changed(rows: list[Mapping[str, Any]], uri: str) -> bool:
     return write_manifest_if_changed(manifests.error_table(rows), uri, "errors")
 
@@ -157,9 +200,14 @@ def choose_executor(executor: str, units: int, ray_min_items: int) -> str:
     return executor
 
 
-def _one_line(exc: BaseException) -> str:
+def chunked(items: Sequence, size: int) -> list[list]:
+    """``items`` cut into consecutive chunks of ``size`` (the last one shorter)."""
+    return [list(items[k:k + size]) for k in range(0, len(items), size)]
+
+
+def _failure(exc: BaseException) -> str:
     text = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
-    return " ".join(text.split())[:300]
+    return f"{type(exc).__name__}: {' '.join(text.split())[:300]}"
 
 
 def run_chunks(
@@ -179,56 +227,130 @@ def run_chunks(
     """
     if not chunks:
         return []
-    results: list[dict | None] = [None] * len(chunks)
-    failures: list[tuple[int, str]] = []
     if executor == "local":
-        if workers <= 1 or len(chunks) == 1:
-            for k, chunk in enumerate(chunks):
-                try:
-                    results[k] = fn(spec, chunk)
-                except Exception as exc:  # collected, reported below
-                    failures.append((k, f"{type(exc).__name__}: {_one_line(exc)}"))
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=what) as pool:
-                futures = [pool.submit(fn, spec, chunk) for chunk in chunks]
-                for k, fut in enumerate(futures):
-                    try:
-                        results[k] = fut.result()
-                    except Exception as exc:
-                        failures.append((k, f"{type(exc).__name__}: {_one_line(exc)}"))
+        results, failures = _run_local(fn, spec, chunks, workers, what)
     elif executor == "ray":
-        import ray
-
-        from pipelines.ray_env import ensure_ray
-
-        ensure_ray()
-        remote = ray.remote(num_cpus=cpus_per_task, max_retries=2)(fn)
-        spec_ref = ray.put(spec)
-        refs = {remote.remote(spec_ref, chunk): k for k, chunk in enumerate(chunks)}
-        pending = list(refs)
-        done_count = 0
-        last_log = time.time()
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=min(len(pending), 64), timeout=30)
-            for ref in ready:
-                k = refs[ref]
-                try:
-                    results[k] = ray.get(ref)
-                except Exception as exc:
-                    cause = getattr(exc, "cause", None) or exc
-                    failures.append((k, f"{type(cause).__name__}: {_one_line(cause)}"))
-                done_count += 1
-            if time.time() - last_log > 30 or not pending:
-                log.info("%s: %d/%d Ray tasks done", what, done_count, len(chunks))
-                last_log = time.time()
+        results, failures = _run_ray(fn, spec, chunks, cpus_per_task, what)
     else:
         raise StageError(f"unknown executor {executor!r}")
     if failures:
-        failures.sort()
-        k, reason = failures[0]
+        k, reason = min(failures)
         raise StageError(f"{len(failures)} of {len(chunks)} {what} tasks failed; first (#{k}): {reason}")
     return [r for r in results if r is not None]
 
 
+def _run_local(fn, spec: dict, chunks: list[list], workers: int, what: str):
+    results: list[dict | None] = [None] * len(chunks)
+    failures: list[tuple[int, str]] = []
+    if workers <= 1 or len(chunks) == 1:
+        for k, chunk in enumerate(chunks):
+            try:
+                results[k] = fn(spec, chunk)
+            except Exception as exc:  # collected, reported by run_chunks
+                failures.append((k, _failure(exc)))
+        return results, failures
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=what) as pool:
+        futures = [pool.submit(fn, spec, chunk) for chunk in chunks]
+        for k, fut in enumerate(futures):
+            try:
+                results[k] = fut.result()
+            except Exception as exc:
+                failures.append((k, _failure(exc)))
+    return results, failures
+
+
+def _run_ray(fn, spec: dict, chunks: list[list], cpus_per_task: float, what: str):
+    import ray
+
+    from pipelines.core.ray_env import ensure_ray
+
+    ensure_ray()
+    results: list[dict | None] = [None] * len(chunks)
+    failures: list[tuple[int, str]] = []
+    remote = ray.remote(num_cpus=cpus_per_task, max_retries=2)(fn)
+    spec_ref = ray.put(spec)
+    refs = {remote.remote(spec_ref, chunk): k for k, chunk in enumerate(chunks)}
+    pending = list(refs)
+    done_count = 0
+    last_log = time.time()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=min(len(pending), 64), timeout=30)
+        for ref in ready:
+            k = refs[ref]
+            try:
+                results[k] = ray.get(ref)
+            except Exception as exc:
+                failures.append((k, _failure(getattr(exc, "cause", None) or exc)))
+            done_count += 1
+        if time.time() - last_log > 30 or not pending:
+            log.info("%s: %d/%d Ray tasks done", what, done_count, len(chunks))
+            last_log = time.time()
+    return results, failures
+
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1) * 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One run of a dataset writer.
+
+
+class WriterRun:
+    """The skeleton both writers run: the normalised root and run id, timed steps whose storage errors become
+    :class:`StageError` (exit 2), the chunked work, and the run summary written under the root."""
+
+    def __init__(self, stage: str, output: str):
+        self.stage = stage
+        self.started = time.perf_counter()
+        self.root = normalize_root(output)
+        self.run_id = new_run_id()
+        self.timings: dict[str, float] = {}
+        self.executor = "local"
+        self.chunks = 0
+
+    @contextmanager
+    def step(self, name: str):
+        """Time the block as ``timings[name]``; a storage error inside it stops the run with a one-line reason."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        except storage.StorageError as exc:
+            raise StageError(f"{self.stage}: storage error: {exc}") from None
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+
+    def execute(self, fn: Callable[[dict, list], dict], spec: dict, chunks: list[list], config: DatasetWriterConfig,
+                *, units: int, what: str) -> list[dict]:
+        """Run ``fn(spec, chunk)`` for every chunk where ``config.executor`` says (``auto``: by ``units``)."""
+        self.executor = choose_executor(config.executor, units, config.ray_min_items)
+        self.chunks = len(chunks)
+        log.info("%s %s: %d work units in %d %s chunks (%s executor) -> %s", self.stage, self.run_id, units,
+                 len(chunks), what, self.executor, self.root)
+        return run_chunks(fn, spec, chunks, executor=self.executor, workers=config.workers,
+                          cpus_per_task=config.cpus_per_task, what=what)
+
+    def summary(self, manifest_kinds: Sequence[str], **fields: Any) -> dict[str, Any]:
+        """The summary fields every writer reports, then the stage's ``fields``."""
+        elapsed = time.perf_counter() - self.started
+        self.timings["total_s"] = round(elapsed, 3)
+        return {
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "output": self.root,
+            "data": self.root,
+            "manifests": {kind: manifest_uri(self.root, kind) for kind in manifest_kinds},
+            "executor": self.executor,
+            "timings": self.timings,
+            "wall_s": round(elapsed, 3),
+            **fields,
+        }
+
+    def finish(self, summary: dict[str, Any], world: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``world`` (when given and different from what is there) and the run summary; return the summary."""
+        try:
+            if world is not None and read_world(self.root) != json.loads(json.dumps(world)):
+                storage.write_json(storage.join_uri(self.root, WORLD_JSON), world)
+            write_run_summary(self.root, self.run_id, summary)
+        except storage.StorageError as exc:
+            raise StageError(f"{self.stage}: storage error writing the summary: {exc}") from None
+        return summary

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from pfafn.checkpoint import save_checkpoint
-from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 from pfafn.nn.afwm import NetworkWidths
 from pfafn.tryon import TryOnModel
-from pipelines import storage
+from pipelines.core import storage
 
 TINY = NetworkWidths(encoder_channels=(8, 16, 32, 32, 32), fpn_dim=16, flow_channels=(16, 8, 8), ngf=8)
 SIZE = 64
@@ -86,7 +86,7 @@ def image_files(output: str, version: str) -> list[str]:
 
 
 def ok_rows(output: str, version: str) -> list[dict]:
-    from pipelines.catalog import load_results
+    from pipelines.stages.catalog_tryon import load_results
 
     rows = load_results(output, version).to_pylist()
     return [r for r in rows if r["status"] == "ok"]

@@ -1,7 +1,7 @@
-"""Small dataset roots for tests, written by the real writer (``pipelines.synthetic_dataset``) in-process."""
+"""Small dataset roots for tests, written by the real writer (``pipelines.stages.generate_synthetic``) in-process."""
 from __future__ import annotations
 
-from pipelines.synthetic_dataset import SyntheticDatasetConfig, run
+from pipelines.stages.generate_synthetic import SyntheticDatasetConfig, run
 
 
 def write_dataset_root(uri: str, *, persons: int, garments: int, test: int = 2, height: int = 64, width: int = 64,

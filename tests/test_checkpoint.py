@@ -20,24 +20,14 @@ from pfafn.checkpoint import (
 )
 from pfafn.nn import AFWM, NetworkWidths, ResUnetGenerator
 from pfafn.tryon import TryOnModel
+from tests.model_helpers import SMALL, small_tryon_model
 
-SMALL = NetworkWidths(encoder_channels=(8, 16, 16, 16, 16), fpn_dim=16, flow_channels=(16, 8, 8), ngf=8)
 H, W = 64, 64
-
-
-def _randomize_bn(module):
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return module
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return _randomize_bn(TryOnModel(SMALL)).eval()
+    return small_tryon_model()
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.config import build_config
-from pipelines.distill import PRESETS, DistillConfig, distill_terms, run
-from pipelines.errors import StageError
-from pipelines.training.common import TINY_WIDTHS, WidthsConfig
+from pipelines.core.config import ConfigError, build_config
+from pipelines.stages.distill import PRESETS, DistillConfig, distill_terms, run
+from pipelines.core.errors import StageError
+from pipelines.training.config import TINY_WIDTHS, WidthsConfig
 from tests.dataset_helpers import write_dataset_root
 
 
@@ -26,7 +26,7 @@ def inputs(tmp_path_factory, ray_session):
     tutor = TutorModel(WidthsConfig(**TINY_WIDTHS).build())
     tutor_uri = str(base / "tutor.pt")
     save_checkpoint(tutor_uri, warp=tutor.warp, gen=tutor.gen, kind="tutor")
-    from pipelines import tutor_inference
+    from pipelines.stages import tutor_inference
 
     fakes = tutor_inference.run(build_config(
         tutor_inference.TutorInferenceConfig, preset=tutor_inference.PRESETS["tiny"],
@@ -39,6 +39,16 @@ def _config(inputs, output: str, *overrides: str) -> DistillConfig:
     return build_config(DistillConfig, preset=PRESETS["tiny"], overrides=list(overrides),
                         explicit={"data": inputs["data"], "fakes": inputs["fakes"], "tutor": inputs["tutor"],
                                   "output": output})
+
+
+def test_config_rejects_a_bad_supervision():
+    paths = {"data": "d", "fakes": "f", "tutor": "t.pt", "output": "o"}
+    with pytest.raises(ConfigError, match=r"supervision.*real.*tutor"):
+        build_config(DistillConfig, preset=PRESETS["tiny"], overrides=["supervision=wuton"], explicit=paths)
+    cfg = build_config(DistillConfig, preset=PRESETS["tiny"], explicit=paths)
+    cfg.supervision = "wuton"  # built in Python, past from_dict: validate() checks it again
+    with pytest.raises(ConfigError, match=r"supervision must be one of real\|tutor"):
+        cfg.validate()
 
 
 def test_sample_with_a_worse_tutor_gets_no_distillation_gradient():
@@ -76,7 +86,7 @@ def test_distill_on_s3_survives_a_killed_worker_resumes_and_exports(ray_session,
 
     from pfafn import load_official
     from pfafn.checkpoint import load_checkpoint, load_student
-    from pipelines import storage
+    from pipelines.core import storage
 
     out = f"{s3_bucket}/distill/run1"
     summary = run(_config(inputs, out, "train.checkpoint_every_steps=2", "train.max_failures=1",
@@ -117,7 +127,7 @@ def test_distill_on_s3_survives_a_killed_worker_resumes_and_exports(ray_session,
 def test_distill_needs_usable_fakes(inputs, tmp_path):
     import pyarrow as pa
 
-    from pipelines import manifests
+    from pipelines.core import manifests
 
     path = tmp_path / "fakes.parquet"  # one ok fake, made by another tutor version: nothing usable
     rows = [{"model_id": "m00000", "worn_garment_id": "g00000", "tutor_garment_id": "g00001",

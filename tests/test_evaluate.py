@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 from pfafn.perceptual import (
     LPIPS,
     InceptionFeatures,
@@ -25,8 +25,8 @@ from pfafn.perceptual import (
     fid_from_features,
     frechet_distance,
 )
-from pipelines import manifests, storage
-from pipelines.evaluate import (
+from pipelines.core import manifests, storage
+from pipelines.stages.evaluate import (
     EvaluateConfig,
     load_ground_truth,
     load_scores,
@@ -121,11 +121,11 @@ def write_world(tmp: Path) -> tuple[str, str]:
             rows[name].append(value)
 
     # an earlier failed attempt of a pair that later succeeded: the evaluation uses the ok row
-    add("g00001", "m00001", "error", None, "model RuntimeError: boom", now - datetime.timedelta(hours=1))
+    add("g00001", "m00001", "error", None, "inference: RuntimeError: boom", now - datetime.timedelta(hours=1))
     for seed, ((gid, mid), (_, noise)) in enumerate(PAIRS.items()):
         uri = storage.join_uri(tryon, VERSION, gid, f"{mid}.png")
         if noise == "error":
-            add(gid, mid, "error", None, "garment TruncatedImageError: truncated", now)
+            add(gid, mid, "error", None, "garment image: truncated", now)
             continue
         if noise is not None:
             base = references.get((gid, mid), photos[mid])
@@ -193,7 +193,7 @@ def test_scores_ranking_errors_report_then_lpips_and_fid(ray_session, tmp_path):
         elif noise is None:
             assert r["status"] == "error" and r["error"].startswith("try-on image") and r["ssim"] is None
         elif noise == "error":
-            assert r["status"] == "error" and r["error"].startswith("try-on failed: garment TruncatedImageError")
+            assert r["status"] == "error" and r["error"] == "try-on image: try-on failed (garment image: truncated)"
         elif key == ("g00000", "m00001"):
             assert r["status"] == "no_ground_truth" and r["ssim"] is None and r["ground_truth_uri"] is None
         else:

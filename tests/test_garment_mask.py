@@ -158,7 +158,7 @@ def test_input_validation():
 
 
 def test_synthetic_world_garments():
-    from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+    from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(1, 24, WorldConfig(height=256, width=192, seed=0))
     ious, doubtful = [], []

@@ -1,4 +1,4 @@
-"""pipelines.synthetic_dataset / jobs.generate_synthetic: a tiny synthetic world written as a dataset root, locally and
+"""pipelines.stages.generate_synthetic / jobs.generate_synthetic: a tiny synthetic world written as a dataset root, locally and
 on S3 (SeaweedFS); manifests valid, counts right, every URI present, ground truth exact, re-runs idempotent."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from pfafn import imageio
-from pfafn.data import SyntheticWorld, WorldConfig, decode_openpose
-from pipelines import manifests, storage
-from pipelines.errors import StageError
-from pipelines.synthetic_dataset import SyntheticDatasetConfig, plan_world, run
+from pfafn.synthetic import SyntheticWorld, WorldConfig, decode_openpose
+from pipelines.core import manifests, storage
+from pipelines.core.errors import StageError
+from pipelines.stages.generate_synthetic import SyntheticDatasetConfig, plan_world, run
 
 PERSONS, GARMENTS, SIZE, K = 6, 5, 64, 4
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ def test_cli_prints_the_summary_last_and_rejects_bad_sizes(tmp_path):
     bad = subprocess.run([py, "-m", "jobs.generate_synthetic", "--output", str(tmp_path / "bad"), "--persons", "2",
                           "--garments", "2", "--height", "48"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode == 2 and "multiple of 32" in bad.stderr
+    assert bad.returncode == 2 and "multiples of 32" in bad.stderr
     helped = subprocess.run([py, "-m", "jobs.generate_synthetic", "--help"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert helped.returncode == 0 and "--ground-truth-pairs" in helped.stdout

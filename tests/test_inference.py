@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from pfafn.inference import InferenceMode, TryOnPredictor
-from pfafn.nn import NetworkWidths
-from pfafn.tryon import TryOnModel
+from tests.model_helpers import small_tryon_model
 
-SMALL = NetworkWidths(encoder_channels=(8, 16, 16, 16, 16), fpn_dim=16, flow_channels=(16, 8, 8), ngf=8)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -21,14 +19,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _model():
-    torch.manual_seed(0)
-    m = TryOnModel(SMALL).eval()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.1, 0.1)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
+    return small_tryon_model()
 
 
 @pytest.fixture(scope="module")

@@ -478,11 +478,11 @@ def _config_class(stage: str):
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_stage_config_loads_into_its_dataclass(stage):
-    from pipelines.config import build_config
+    from pipelines.core.config import build_config
 
     cls = _config_class(stage)
     data = yaml.safe_load((CONFIGS / f"{stage}.yaml").read_text())
-    data.pop("preset", None)  # handled by jobs.cli before build_config
+    data.pop("preset", None)  # handled by pipelines.core.config.resolve_config before build_config
     config = build_config(cls, file_data=data)
     missing = _undocumented_fields(cls, data)
     assert not missing, f"jobs/configs/{stage}.yaml does not document fields {missing} of {cls.__name__}"

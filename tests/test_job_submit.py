@@ -300,7 +300,7 @@ def students(tmp_path):
 
 
 def test_newest_student_by_finished_at(students):
-    from jobs.nightly import newest_student
+    from pipelines.stages.nightly import newest_student
 
     best, skipped = newest_student(str(students))
     # a: 2026-11-26T01:30Z (its -02:00 offset counts) beats b: 00:30Z; c is from 2001 (file time)
@@ -310,7 +310,7 @@ def test_newest_student_by_finished_at(students):
 
 
 def test_newest_student_falls_back_to_file_time(students):
-    from jobs.nightly import newest_student
+    from pipelines.stages.nightly import newest_student
 
     os.utime(students / "c" / "summary.json", None)  # now: newer than a and b
     best, _ = newest_student(str(students))
@@ -318,7 +318,7 @@ def test_newest_student_falls_back_to_file_time(students):
 
 
 def test_distill_summary_may_call_it_checkpoint(students):
-    from jobs.nightly import newest_student
+    from pipelines.stages.nightly import newest_student
 
     _write_json(students / "d" / "summary.json", {"stage": "distill", "checkpoint": "student.pt", "version": "abc",
                                                   "finished_at": "2026-12-01T00:00:00Z"})
@@ -331,8 +331,8 @@ def test_distill_summary_may_call_it_checkpoint(students):
 
 
 def test_newest_student_errors(tmp_path, students):
-    from jobs.nightly import newest_student
-    from pipelines.config import ConfigError
+    from pipelines.stages.nightly import newest_student
+    from pipelines.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="no distill summary.json"):
         newest_student(str(tmp_path / "empty"))
@@ -367,7 +367,7 @@ def test_nightly_dry_run_builds_the_submission(students, capsys, monkeypatch):
 
 
 def test_nightly_date_follows_the_time_zone():
-    from jobs.nightly import NightlyConfig, run_date
+    from pipelines.stages.nightly import NightlyConfig, run_date
 
     day = run_date(NightlyConfig(timezone="Pacific/Kiritimati"))  # UTC+14
     assert day == dt.datetime.now(dt.timezone(dt.timedelta(hours=14))).date()
@@ -440,7 +440,7 @@ class FakeClient:
     ({}, True, "is running"),  # lost the race between the check and the submit
 ])
 def test_nightly_refuses_a_second_submission(students, capsys, monkeypatch, existing, race, status_word):
-    import jobs.nightly as nightly
+    import pipelines.stages.nightly as nightly
 
     fake = FakeClient(existing, race)
     monkeypatch.setattr(nightly, "connect", lambda address: fake)
@@ -456,7 +456,7 @@ def test_nightly_refuses_a_second_submission(students, capsys, monkeypatch, exis
 
 
 def test_nightly_no_wait_submits_once(students, capsys, monkeypatch):
-    import jobs.nightly as nightly
+    import pipelines.stages.nightly as nightly
 
     fake = FakeClient()
     monkeypatch.setattr(nightly, "connect", lambda address: fake)
@@ -472,18 +472,62 @@ def test_nightly_no_wait_submits_once(students, capsys, monkeypatch):
     assert kwargs["metadata"]["trigger"] == "nightly"
 
 
+class FinishingClient(FakeClient):
+    """A FakeClient whose submitted job ends with ``final`` (and the given driver exit code and last log line)."""
+
+    def __init__(self, final: str, driver_exit_code: int | None, log_line: str):
+        super().__init__()
+        self.final, self.driver_exit_code, self.log_line = final, driver_exit_code, log_line
+
+    def get_job_status(self, sid):
+        super().get_job_status(sid)
+        return self.final
+
+    async def tail_job_logs(self, sid):
+        yield f"catalog log line of {sid}\n"
+
+    def get_job_info(self, sid):
+        import types
+
+        return types.SimpleNamespace(driver_exit_code=self.driver_exit_code, message=f"job {self.final.lower()}")
+
+    def get_job_logs(self, sid):
+        return f"some log\n{self.log_line}\n"
+
+
+@pytest.mark.parametrize("final, driver_code, expected", [("SUCCEEDED", 0, 0), ("FAILED", 1, 1), ("RUNNING", None, 4)])
+def test_nightly_waits_and_exits_with_the_jobs_status(students, capsys, monkeypatch, final, driver_code, expected):
+    import pipelines.stages.nightly as nightly
+
+    fake = FinishingClient(final, driver_code, json.dumps({"pairs_total": 6, "pairs_ok": 6}))
+    monkeypatch.setattr(nightly, "connect", lambda address: fake)
+    monkeypatch.chdir(ROOT)
+    code, summary, err = _run_main([
+        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--address", "http://head:8265", "--date", "2026-01-03", "--timeout", "1",
+    ], capsys)
+    assert code == expected and summary["exit_code"] == expected and summary["status"] == final
+    assert "catalog log line of catalog-nightly-2026-01-03" in err, "the job's logs are streamed to stderr"
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    if expected == 0:
+        assert not errors and summary["job_summary"] == {"pairs_total": 6, "pairs_ok": 6} and "error" not in summary
+    else:
+        assert len(errors) == 1 and errors[0] == f"error: {summary['error']}"
+        assert ("still RUNNING" if final == "RUNNING" else "ended FAILED (driver exit code 1)") in errors[0]
+
+
 @pytest.mark.parametrize("status, driver_code, expected", [
     ("SUCCEEDED", 0, 0), ("FAILED", 1, 1), ("FAILED", 2, 2), ("FAILED", None, 1), ("STOPPED", None, 1),
     ("RUNNING", None, 4),
 ])
 def test_nightly_exit_codes(status, driver_code, expected):
-    from jobs.nightly import _exit_for
+    from pipelines.stages.nightly import _exit_for
 
     assert _exit_for(status, driver_code) == expected
 
 
 def test_nightly_explicit_address_beats_the_environment(monkeypatch):
-    from jobs.nightly import _address_env
+    from pipelines.stages.nightly import _address_env
 
     monkeypatch.setenv("RAY_ADDRESS", "http://other:8265")
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
@@ -524,7 +568,7 @@ def _submit(ray_head_info, module: str, args: list[str], timeout: int = 420) -> 
 
 @pytest.mark.integration
 def test_ray_job_submit_training_stages_on_s3(s3_server, ray_head_info):
-    from pipelines import storage
+    from pipelines.core import storage
     from tests.dataset_helpers import write_dataset_root
 
     bucket = s3_server.make_bucket("trainsubmit")

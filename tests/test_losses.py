@@ -1,4 +1,4 @@
-"""pfafn.losses: hand-computable cases for every term of reference §4.4–4.6."""
+"""pfafn.losses: hand-computable cases for every term of the original training scripts (docs/method.md)."""
 from __future__ import annotations
 
 import math
@@ -10,15 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from pfafn import losses as L
+from tests.model_helpers import single_thread  # noqa: F401  (fixture)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids oversubscription on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _single_thread(single_thread):
+    """These tensors are tiny (see tests.model_helpers.single_thread)."""
 
 EPS = 1e-3
 RHO0 = (EPS * EPS) ** 0.45  # ρ(0), the Charbonnier minimum

@@ -1,11 +1,11 @@
-"""pipelines.manifests: schemas, id rules, structural errors vs rejected rows, CSV/Parquet/directories, S3."""
+"""pipelines.core.manifests: schemas, id rules, structural errors vs rejected rows, CSV/Parquet/directories, S3."""
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import manifests, storage
+from pipelines.core import manifests, storage
 
 
 # ----------------------------------------------------------------------------------------------------------------------

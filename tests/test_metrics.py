@@ -9,15 +9,12 @@ import torch
 from scipy import ndimage
 
 from pfafn.metrics import gaussian_window, psnr, ssim, to_unit_range
+from tests.model_helpers import single_thread  # noqa: F401  (fixture)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids oversubscription on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _single_thread(single_thread):
+    """These tensors are tiny (see tests.model_helpers.single_thread)."""
 
 
 def reference_ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:

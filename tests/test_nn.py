@@ -1,6 +1,6 @@
 """pfafn.nn: published checkpoint layout, correlation semantics, flow conventions, shapes.
 
-Expected keys, shapes and counts below are written from the reference (pfafn-reference.md §1.5, §2.2), not
+Expected keys, shapes and counts below are written from the original module definitions (PF-AFN_test/models/afwm.py, networks.py), not
 from the modules under test.
 """
 
@@ -22,8 +22,8 @@ from pfafn.nn import (
     upsample_flow,
     warp,
 )
+from tests.model_helpers import SMALL
 
-SMALL = NetworkWidths(encoder_channels=(8, 16, 16, 16, 16), fpn_dim=16, flow_channels=(16, 8, 8), ngf=8)
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -37,7 +37,7 @@ def _n_params(module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Published state_dict layouts (reference tables)
+# Published state_dict layouts (warp_model_final.pth, gen_model_final.pth)
 
 
 def _expected_warp_shapes(input_nc: int) -> dict[str, tuple]:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pfafn import person as P
-from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 
 H, W = 64, 48
 
@@ -194,6 +194,6 @@ def test_no_ray_import() -> None:
     import subprocess
     import sys
 
-    code = "import sys, pfafn.person, pfafn.data.synthetic; print('ray' in sys.modules)"
+    code = "import sys, pfafn.person, pfafn.synthetic.world; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -2,7 +2,7 @@
 
 The full smoke preset (world → tutor → fakes → three students → evaluation) runs eight Ray Train phases; on the
 shared 2-core machine that took 4.7-8.5 minutes (Ray Train start-up per phase dominates), over this file's 3-minute
-budget. So the default tests drive the evaluation on a real synthetic dataset root (``pipelines.synthetic_dataset``)
+budget. So the default tests drive the evaluation on a real synthetic dataset root (``pipelines.stages.generate_synthetic``)
 with tiny checkpoints made here (one trained for a few steps so the models differ), and check the JSON schema the
 doc generator reads. ``PFAFN_CLAIM_E2E=1`` additionally runs the smoke preset end to end.
 """
@@ -36,11 +36,11 @@ def level(tmp_path_factory):
     from pfafn.checkpoint import save_checkpoint
     from pfafn.tryon import TryOnModel
     from pfafn.tutor import TutorModel
-    from pipelines import synthetic_dataset
+    from pipelines.stages import generate_synthetic
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("claim")
-    world = synthetic_dataset.run(synthetic_dataset.SyntheticDatasetConfig(
+    world = generate_synthetic.run(generate_synthetic.SyntheticDatasetConfig(
         output=str(base / "world"), persons=12, garments=12, height=64, width=64, parsing_noise=0.6,
         ground_truth_pairs=6, test_fraction=0.25, unpaired_per_model=2, executor="local", workers=2))
     ckpts = {}
@@ -110,7 +110,7 @@ def test_picture_has_one_row_per_pair_and_seven_columns(level):
 
 def test_tutor_sees_the_noisy_parsing(level):
     """The evaluation decodes the dataset root's parsing (noisy at 0.6), not the exact one."""
-    from pfafn.data import SyntheticWorld, WorldConfig
+    from pfafn.synthetic import SyntheticWorld, WorldConfig
 
     pairs = rc.load_eval_pairs(level["world"]["data"], 64, 64, 2)
     world = SyntheticWorld(12, 12, WorldConfig(height=64, width=64, seed=0, parsing_noise=0.6))

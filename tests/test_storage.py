@@ -1,4 +1,4 @@
-"""pipelines.storage on local folders and on a real S3 server (SeaweedFS from tests/fixtures/s3.py)."""
+"""pipelines.core.storage on local folders and on a real S3 server (SeaweedFS from tests/fixtures/s3.py)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import storage
+from pipelines.core import storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,25 +73,57 @@ def test_errors_are_one_line_and_picklable():
 # Settings
 
 
-def test_endpoint_precedence_and_profile_config(monkeypatch, tmp_path):
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+@pytest.fixture
+def aws_config(monkeypatch, tmp_path):
+    """No endpoint, profile or region from the environment; returns a function that writes the AWS config file."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "config"
-    config.write_text(
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    return config.write_text
+
+
+def _resolved() -> tuple:
+    s = storage.s3_settings()
+    return s.endpoint_url, s.region, s.profile
+
+
+def test_endpoint_precedence_and_profile_config(aws_config, monkeypatch):
+    aws_config(
         "[profile lab]\nregion = eu-west-3\nservices = lab-services\n\n"
         "[services lab-services]\ns3 =\n  endpoint_url = http://127.0.0.1:9999\n"
     )
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_PROFILE", "lab")
-    s = storage.s3_settings()
-    assert (s.endpoint_url, s.region, s.profile) == ("http://127.0.0.1:9999", "eu-west-3", "lab")
+    assert _resolved() == ("http://127.0.0.1:9999", "eu-west-3", "lab")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://global:1")
     assert storage.s3_settings().endpoint_url == "http://global:1"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:2")
     assert storage.s3_settings().endpoint_url == "http://s3only:2"
     monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
     assert storage.s3_settings().endpoint_url is None
+
+
+def test_profile_endpoint_region_and_unknown_profile(aws_config, monkeypatch):
+    aws_config("[default]\nregion = us-west-2\n\n[profile store]\nendpoint_url = http://127.0.0.1:8333\n"
+               "region = ap-south-1\n")
+    assert _resolved() == (None, "us-west-2", None)  # the default profile: AWS itself, in its region
+    monkeypatch.setenv("AWS_PROFILE", "store")  # endpoint_url in the profile itself (no services section)
+    assert _resolved() == ("http://127.0.0.1:8333", "ap-south-1", "store")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-north-1")
+    assert storage.s3_settings().region == "eu-north-1"
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    assert storage.s3_settings().region == "eu-central-1"
+    # The file is read again when it changes (same environment).
+    aws_config("[profile store]\nendpoint_url = http://127.0.0.1:9444\n")
+    assert storage.s3_settings().endpoint_url == "http://127.0.0.1:9444"
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(storage.StorageError, match="no-such-profile"):
+        storage.filesystem_for("s3://bkt/key")
+    monkeypatch.setenv("AWS_PROFILE", "store")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "ftp://host:21")
+    with pytest.raises(storage.InvalidURIError, match="http"):
+        storage.s3_settings()
 
 
 def test_settings_hold_no_secret_and_cache_follows_the_environment(monkeypatch):
@@ -246,7 +278,7 @@ def test_s3_pyarrow_filesystem_and_pickled_clients(s3_bucket):
 def test_s3_from_a_fresh_process_uses_only_the_environment(s3_bucket):
     uri = s3_bucket + "/from-child.txt"
     code = (
-        "import sys; from pipelines import storage; "
+        "import sys; from pipelines.core import storage; "
         f"storage.write_bytes({uri!r}, b'child'); print(storage.read_bytes({uri!r}).decode())"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ), capture_output=True,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pfafn.data import labels as L
-from pfafn.data.synthetic import (
+from pfafn.synthetic import labels as L
+from pfafn.synthetic.world import (
     GarmentRender,
     PersonRender,
     SyntheticWorld,

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from pipelines.config import build_config
-from pipelines.errors import StageError
-from pipelines.train_tutor import PRESETS, TutorConfig, run
+from pipelines.core.config import ConfigError, build_config
+from pipelines.core.errors import StageError
+from pipelines.stages.train_tutor import PRESETS, TutorConfig, run
 from tests.dataset_helpers import write_dataset_root
 
 
@@ -23,6 +23,15 @@ def data_root(tmp_path_factory):
 def _config(data: str, output: str, *overrides: str) -> TutorConfig:
     return build_config(TutorConfig, preset=PRESETS["tiny"], overrides=list(overrides),
                         explicit={"data": data, "output": output})
+
+
+def test_config_rejects_a_bad_choice_and_size(tmp_path):
+    with pytest.raises(ConfigError, match=r"precision.*auto.*fp32.*bf16.*fp16"):
+        _config(str(tmp_path), str(tmp_path / "out"), "train.precision=fp8").validate()
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        _config(str(tmp_path), str(tmp_path / "out"), "height=100").validate()
+    with pytest.raises(ConfigError, match="--output is required"):
+        _config(str(tmp_path), "").validate()
 
 
 def test_published_preset_needs_vgg_weights(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from pipelines import storage
+from pipelines.core import storage
 from pipelines.training import data as tdata
 from tests.dataset_helpers import write_dataset_root
 
@@ -73,6 +73,34 @@ def test_decode_drops_bad_rows_and_writes_error_rows(ray_session, root_uri, tmp_
 
     errors = pq.read_table(os.path.join(out, tdata.ERRORS_FILE)).to_pylist()
     reasons = {e["id"]: e["error"] for e in errors}
-    assert "Image" in reasons[bad[0]["sample_key"]] or "image" in reasons[bad[0]["sample_key"]]
-    assert "missing.png" in reasons[bad[1]["sample_key"]] or "not found" in reasons[bad[1]["sample_key"]].lower()
+    # the reason names the input that failed (pipelines.batch.error_reason's vocabulary)
+    assert reasons[bad[0]["sample_key"]].startswith("person image: ")
+    assert reasons[bad[1]["sample_key"]].startswith("parsing: ")
+    missing = reasons[bad[1]["sample_key"]].lower()
+    assert "no such object" in missing or "not found" in missing
+    rows = {e["id"]: e["row_json"] for e in errors}  # the row's URIs say which file
+    assert "missing.png" in rows[bad[1]["sample_key"]]
     assert reasons["x__y"] == "model x is not in models.parquet"
+
+
+def test_decode_limits_bytes_and_pixels_separately(root_uri, tmp_path):
+    """``max_image_bytes`` bounds the file, ``max_image_pixels`` the decoded size: a small file of many pixels (a
+    plain 200×200 PNG) passes a byte limit below its pixel count, and only the pixel limit can refuse it."""
+    from PIL import Image
+
+    root = tdata.load_root(root_uri)
+    train, _ = tdata.split_train_val(root, 0, 0.0, 0, [])
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (200, 200), (200, 180, 160)).save(plain)
+    size = plain.stat().st_size
+    assert size < 10_000 < 200 * 200
+    row = dict(train[0], image_uri=str(plain))
+    decoded = tdata.decode_row(row, tdata.DecodeSpec(64, 64, ("person",), max_image_bytes=10_000))
+    assert decoded["person"].shape == (64, 64, 3)
+    with pytest.raises(tdata.SampleDecodeError, match=r"^person image: image too large"):
+        tdata.decode_row(row, tdata.DecodeSpec(64, 64, ("person",), max_image_pixels=200 * 200 - 1))
+    with pytest.raises(tdata.SampleDecodeError, match=r"^person image: "):
+        tdata.decode_row(row, tdata.DecodeSpec(64, 64, ("person",), max_image_bytes=size - 1))
+    with pytest.raises(tdata.SampleDecodeError, match=r"^garment mask: "):  # masks obey the pixel limit too
+        tdata.decode_row(dict(row, garment_mask_uri=str(plain)),
+                         tdata.DecodeSpec(64, 64, ("garment_mask",), max_image_pixels=200 * 200 - 1))

@@ -1,4 +1,4 @@
-"""Restoring a Ray Train checkpoint's state (``pipelines.training.loop.load_checkpoint_state``)."""
+"""Restoring a Ray Train checkpoint's state (``pipelines.training.checkpoints.load_checkpoint_state``)."""
 from __future__ import annotations
 
 import io
@@ -7,8 +7,8 @@ import threading
 
 import torch
 
-from pipelines import storage
-from pipelines.training.loop import STATE_FILE, load_checkpoint_state
+from pipelines.core import storage
+from pipelines.training.checkpoints import STATE_FILE, load_checkpoint_state
 
 
 def _state() -> dict:

@@ -11,21 +11,13 @@ import torch.nn.functional as F
 
 from pfafn.nn import NetworkWidths
 from pfafn.tryon import TryOnModel, TryOnOutput, compose_tryon
+from tests.model_helpers import small_tryon_model
 
-SMALL = NetworkWidths(encoder_channels=(8, 16, 16, 16, 16), fpn_dim=16, flow_channels=(16, 8, 8), ngf=8)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = TryOnModel(SMALL).eval()
-    # non-trivial BN statistics, so eval-mode BN is not an identity
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.1, 0.1)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
+    return small_tryon_model()
 
 
 def _pair(b=2, h=128, w=96, seed=1):
@@ -53,7 +45,7 @@ def test_forward_is_the_published_test_pipeline(model):
     person, garment, mask = _pair()
     with torch.no_grad():
         out = model(person, garment, mask)
-        # reference §2.3, step by step, with torch.nn.functional only
+        # PF-AFN_test/test.py, step by step, with torch.nn.functional only
         edge = (mask > 0.5).float()
         clothes = garment * edge
         warped = model.warp(person, clothes)

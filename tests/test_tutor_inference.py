@@ -18,15 +18,15 @@ import torch
 from PIL import Image
 
 from pfafn.checkpoint import save_checkpoint
-from pfafn.data.openpose import decode_openpose
-from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+from pfafn.synthetic.openpose import decode_openpose
+from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 from pfafn.nn.afwm import NetworkWidths
 from pfafn.person import tutor_warp_input
 from pfafn.tutor import TutorModel
-from pipelines import manifests, storage
-from pipelines.errors import StageError
-from pipelines.locking import LockHeldError, RunLock
-from pipelines.tutor_inference import (
+from pipelines.core import manifests, storage
+from pipelines.core.errors import StageError
+from pipelines.core.locking import LockHeldError, RunLock
+from pipelines.stages.tutor_inference import (
     TutorInferenceConfig,
     choose_tutor_garments,
     decode_chunk,
@@ -48,8 +48,8 @@ SIZE = 64
 
 def write_dataset_root(root: str, n_models: int, n_garments: int, seed: int = 0) -> SyntheticWorld:
     """A synthetic dataset root with every model in the train split; returns the world (for ids and pairing)."""
-    from pipelines.synthetic_dataset import SyntheticDatasetConfig
-    from pipelines.synthetic_dataset import run as generate
+    from pipelines.stages.generate_synthetic import SyntheticDatasetConfig
+    from pipelines.stages.generate_synthetic import run as generate
 
     generate(SyntheticDatasetConfig(output=root, persons=n_models, garments=n_garments, height=SIZE, width=SIZE,
                                     seed=seed, ground_truth_pairs=0, test_fraction=0.0, executor="local", workers=2))
@@ -124,7 +124,8 @@ def test_fakes_counts_choice_bad_person_retry_and_exactness(ray_session, tmp_pat
     assert json.loads(Path(out, "summary.json").read_text())["run_id"] == s1["run_id"]
     errors = load_fakes(out, version, errors=True).to_pylist()
     assert len(errors) == k and {r["model_id"] for r in errors} == {bad}
-    assert all(r["status"] == "error" and r["error"].startswith("person") and "\n" not in r["error"] for r in errors)
+    assert all(r["status"] == "error" and r["error"].startswith("person image: ") and "\n" not in r["error"]
+               for r in errors)
 
     rows = _manifest_rows(s1["fakes"])
     assert len(rows) == 3 * k and bad not in {r["model_id"] for r in rows}
@@ -145,7 +146,7 @@ def test_fakes_counts_choice_bad_person_retry_and_exactness(ray_session, tmp_pat
     decoded = decode_chunk(plan.chunks[0], {"height": SIZE, "width": SIZE, "max_image_bytes": 1 << 24,
                                             "max_image_pixels": 1 << 24, "min_mask_confidence": 0.5})
     meta = json.loads(decoded["meta"])
-    assert meta["person_errors"][meta["model_ids"].index(bad)].startswith("person TruncatedImageError")
+    assert meta["person_errors"][meta["model_ids"].index(bad)].startswith("person image: ")
     p = meta["model_ids"].index(target["model_id"])
     g = meta["garment_ids"].index(target["tutor_garment_id"])
     others = [row for row in meta["rows"] if row[:2] != [p, g] and meta["model_ids"][row[0]] != bad][:2]

@@ -1,11 +1,11 @@
 """The PF-AFN appearance-flow warping module (AFWM) and its parts.
 
-Faithful to ``PF-AFN_test/models/afwm.py`` / ``PF-AFN_train/models/afwm.py`` (reference §1): module attribute names
+Faithful to ``PF-AFN_test/models/afwm.py`` / ``PF-AFN_train/models/afwm.py``: module attribute names
 are the published state_dict keys, so ``AFWM(3).load_state_dict(torch.load("warp_model_final.pth"))`` works
 (420 tensors, 29,304,416 parameters; the 45-channel tutor has 29,328,692).  The CuPy correlation is replaced by
 :func:`pfafn.nn.correlation.local_correlation` and every ``grid_sample`` passes ``align_corners=True``.
 
-What was checked against the reference (tests/test_nn.py pins it): key names, tensor count and shapes for
+What was checked against the original module definitions (tests/test_nn.py pins it): key names, tensor count and shapes for
 AFWM(3) and AFWM(45), parameter counts, the correlation formula (against a per-pixel loop), the identity warp, and
 the per-level loop: detached pre-warp before the correlation, LeakyReLU(0.1) on the cost volume, netMain offset →
 grid → compose with the previous grid, refine on [warped garment feature, person feature] with the *original*

@@ -1,7 +1,7 @@
 """Local correlation (cost volume) of PF-AFN, in pure PyTorch.
 
 The published model calls a CuPy CUDA kernel (an adaptation of the FlowNet2 correlation by sniklaus, launched with
-``intStride=1``) that has no CPU path.  This module reimplements its exact semantics (reference §3) with ordinary
+``intStride=1``) that has no CPU path.  This module reimplements its exact semantics (``PF-AFN_test/models/correlation/correlation.py``) with ordinary
 tensor operations, so it runs on CPU and CUDA, is differentiable by autograd (the CUDA backward kernels are the
 exact gradients of the same formula) and needs no CuPy::
 

@@ -1,6 +1,6 @@
 """Appearance-flow helpers: pixel offsets, normalized sampling grids, composition and warping.
 
-Conventions (reference §1.4, §9), shared by every function here:
+Conventions (those of the original ``PF-AFN_test/models/afwm.py``), shared by every function here:
 
 * A *flow* is a **sampling grid in normalized coordinates**, shape B×2×H×W, channel 0 = x (width), channel 1 = y,
   in the ``align_corners=True`` convention: -1 is the centre of the first pixel, +1 the centre of the last one.

@@ -1,6 +1,6 @@
 """The PF-AFN try-on generator: a residual U-Net (``ResUnetGenerator`` of ``PF-AFN_test/models/networks.py``).
 
-Module attribute names and Sequential indices reproduce the published ``gen_model_final.pth`` keys (reference §2):
+Module attribute names and Sequential indices reproduce the published ``gen_model_final.pth`` keys (``PF-AFN_test/models/networks.py``):
 261 tensors and 43,899,968 parameters for ``ResUnetGenerator(7, 4)`` (student), 43,900,544 for the 8-channel tutor.
 Convolutions have no bias (the published code enables bias only with InstanceNorm); the norm layer is BatchNorm2d.
 

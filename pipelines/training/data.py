@@ -3,13 +3,17 @@
 Rows stay ids and URIs until :func:`decode_batch`, which runs as Ray Data CPU tasks and emits fixed-shape numpy
 arrays (uint8 images ``H×W×3``, uint8 label maps / masks ``H×W``, float32 keypoints ``18×3``). A row that cannot be
 decoded (missing file, corrupt image, bad OpenPose JSON, out-of-range labels) is dropped from training, logged, and
-written as one error row (``pipelines.manifests.ERRORS_SCHEMA``) under ``{output}/errors/rows/``; the driver folds
-those into ``{output}/errors/errors.parquet`` and counts them in the summary. Training never dies on one bad sample.
+written as one error row (``pipelines.core.manifests.ERRORS_SCHEMA``) under ``{output}/errors/rows/`` whose reason
+names the input that failed (``person image: ...``, ``parsing: ...``: the words of ``pipelines.batch.error_reason``);
+the driver folds those into ``{output}/errors/errors.parquet`` and counts them in the summary. Training never dies
+on one bad sample.
 
 The whole run's sample order is fixed on the driver, in id space: epoch ``e`` is a seeded permutation of the samples
-truncated to a multiple of ``batch × workers`` (as the reference truncates its dataset). The tutor's *unpaired*
-garment for (sample, epoch) is drawn from a hash of (seed, sample key, epoch) over every garment except the worn
-one. All epochs form one table, so the decode map knows each row's epoch, and a resumed run starts the table at the
+truncated to a multiple of ``batch × workers``, so every worker runs the same whole steps (the original
+``PF-AFN_train/train_*.py`` scripts pad the sample list with ``DistributedSampler`` and keep a partial last batch).
+The tutor's *unpaired* garment for (sample, epoch) is drawn from a hash of (seed, sample key, epoch) over every
+garment except the worn one (``color_un`` of ``PF-AFN_train/data/aligned_dataset.py``, drawn at random there). All
+epochs form one table, so the decode map knows each row's epoch, and a resumed run starts the table at the
 checkpoint's step instead of re-decoding what was already trained on (see ``docs/training.md``).
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from pipelines import manifests, storage
+from pipelines.core import manifests, storage
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +128,7 @@ SAMPLE_URI_COLUMNS = {
 }
 
 
-def _person_columns(model: Mapping[str, Any]) -> dict:
+def person_columns(model: Mapping[str, Any]) -> dict:
     return {
         "model_id": model["model_id"],
         "image_uri": model.get("image_uri"),
@@ -134,7 +138,7 @@ def _person_columns(model: Mapping[str, Any]) -> dict:
     }
 
 
-def _garment_columns(garment: Mapping[str, Any], prefix: str) -> dict:
+def garment_columns(garment: Mapping[str, Any], prefix: str) -> dict:
     return {f"{prefix}_id": garment["garment_id"], f"{prefix}_uri": garment.get("image_uri"),
             f"{prefix}_mask_uri": garment.get("mask_uri")}
 
@@ -153,7 +157,7 @@ def paired_samples(root: DatasetRoot, pairs: Iterable[Mapping[str, Any]], manife
         if garment is None:
             errors.append(error_row(manifest, key, f"garment {pair['garment_id']} is not in garments.parquet", pair))
             continue
-        row = {"sample_key": key, **_person_columns(model), **_garment_columns(garment, "garment")}
+        row = {"sample_key": key, **person_columns(model), **garment_columns(garment, "garment")}
         out.append(row)
     return out
 
@@ -193,7 +197,7 @@ def unpaired_ground_truth_samples(root: DatasetRoot, limit: int, errors: list[di
         if model is None or garment is None:
             errors.append(error_row("ground_truth", key, "model or garment missing from the manifests", gt))
             continue
-        out.append({"sample_key": key, **_person_columns(model), **_garment_columns(garment, "garment"),
+        out.append({"sample_key": key, **person_columns(model), **garment_columns(garment, "garment"),
                     "target_uri": gt["image_uri"]})
         if len(out) >= limit:
             break
@@ -308,12 +312,43 @@ class DecodeSpec:
     fields: tuple[str, ...]
     errors_uri: str = ""  # {output}/errors/rows ("" = do not write error rows)
     manifest: str = "train"  # the error rows' ``manifest`` column
-    max_image_bytes: int = 50 * 2**20
+    max_image_bytes: int = 50 * 2**20  # larger input files are not read
+    max_image_pixels: int = 40_000_000  # larger images are not decoded (checked from the header)
 
 
-def _read(uri: str | None, what: str, max_bytes: int) -> bytes:
+#: The input each decode field reads, as error reasons name it (``pipelines.batch.ERROR_SOURCES``).
+FIELD_SOURCES = {
+    "person": "person image",
+    "garment": "garment image",
+    "unpaired": "garment image",
+    "fake_garment": "garment image",
+    "fake": "try-on image",
+    "target": "ground truth image",
+    "garment_mask": "garment mask",
+    "unpaired_mask": "garment mask",
+    "fake_garment_mask": "garment mask",
+    "parsing": "parsing",
+    "densepose": "densepose",
+    "keypoints": "pose",
+}
+MAX_POSE_BYTES = 16 * 2**20
+LABEL_MAX = {"parsing": 13, "densepose": 24}  # highest label of the 14-class parsing / 24 DensePose parts
+
+
+class SampleDecodeError(ValueError):
+    """One input of a sample could not be used; ``reason`` is the error row's one line (``"parsing: ..."``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))
+
+
+def _read(uri: str | None, max_bytes: int) -> bytes:
     if not uri:
-        raise ValueError(f"no {what} URI")
+        raise ValueError("no URI in the sample row")
     return storage.read_bytes(uri, max_bytes=max_bytes)
 
 
@@ -332,55 +367,72 @@ def _fit_labels(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def _decode_labels(data: bytes, what: str, height: int, width: int, max_value: int) -> np.ndarray:
+def _decode_labels(data: bytes, spec: DecodeSpec, max_value: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > spec.max_image_pixels:
+                raise ValueError(f"label map too large: {im.width}x{im.height} pixels > limit {spec.max_image_pixels}")
             im.load()
             if im.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{what} must be a single-channel label PNG, got mode {im.mode}")
+                raise ValueError(f"must be a single-channel label PNG, got mode {im.mode}")
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{what}: not a readable image ({' '.join(str(exc).split())[:120]})") from None
+        raise ValueError(f"not a readable image ({' '.join(str(exc).split())[:120]})") from None
     if arr.ndim != 2:
-        raise ValueError(f"{what} must be H×W, got shape {arr.shape}")
+        raise ValueError(f"must be H×W, got shape {arr.shape}")
     if arr.size and int(arr.max()) > max_value:
-        raise ValueError(f"{what} holds label {int(arr.max())} > {max_value}")
-    return _fit_labels(arr.astype(np.uint8), height, width)
+        raise ValueError(f"holds label {int(arr.max())} > {max_value}")
+    return _fit_labels(arr.astype(np.uint8), spec.height, spec.width)
 
 
-def decode_row(row: Mapping[str, Any], spec: DecodeSpec) -> dict[str, np.ndarray]:
-    """Decode one sample; raises (ValueError, OSError, ImageDecodeError, StorageError) with a one-line reason."""
-    from pfafn.data.openpose import decode_openpose
+def _decode_keypoints(data: bytes, spec: DecodeSpec, geometry) -> np.ndarray:
+    """OpenPose keypoints (18×3) mapped with the person image's fit (``geometry``; None: the person is not decoded)."""
+    from pfafn.synthetic.openpose import decode_openpose
+
+    kp = decode_openpose(data).astype(np.float32)
+    if geometry is not None and (geometry.src_height, geometry.src_width) != (spec.height, spec.width):
+        present = (kp[:, 0] > 1) & (kp[:, 1] > 1)
+        kp[:, :2] = np.where(present[:, None], geometry.map_points(kp[:, :2]), kp[:, :2])
+    return kp
+
+
+def _decode_field(name: str, uri: str | None, spec: DecodeSpec, geometry) -> tuple[np.ndarray, Any]:
+    """One field of a sample and (for the person image) its fit geometry, which the keypoints follow."""
     from pfafn.imageio import decode_image, decode_mask, fit_geometry, fit_image, fit_mask
 
     h, w = spec.height, spec.width
+    if name == "keypoints":
+        return _decode_keypoints(_read(uri, MAX_POSE_BYTES), spec, geometry), geometry
+    data = _read(uri, spec.max_image_bytes)
+    if name in LABEL_FIELDS:
+        return _decode_labels(data, spec, LABEL_MAX[name]), geometry
+    if name in MASK_FIELDS:
+        mask = decode_mask(data, max_pixels=spec.max_image_pixels)
+        return np.round(fit_mask(mask, h, w) * 255.0).astype(np.uint8), geometry
+    img = decode_image(data, max_pixels=spec.max_image_pixels)
+    if name == "person":
+        geometry = fit_geometry(img.shape[0], img.shape[1], h, w)
+    return fit_image(img, h, w), geometry
+
+
+def decode_row(row: Mapping[str, Any], spec: DecodeSpec) -> dict[str, np.ndarray]:
+    """Decode one sample; a field that fails raises :class:`SampleDecodeError` naming its input
+    (``pipelines.batch.error_reason``: ``"person image: ..."``, ``"garment mask: ..."``, ``"pose: ..."``)."""
+    from pipelines.batch import error_reason
+
+    unknown = [f for f in spec.fields if f not in FIELD_SOURCES]
+    if unknown:
+        raise ValueError(f"unknown decode field(s) {unknown}")
     out: dict[str, np.ndarray] = {}
     geometry = None
     for name in spec.fields:
-        col = SAMPLE_URI_COLUMNS.get(name) if name != "keypoints" else "pose_uri"
-        uri = row.get(col)
-        if name in IMAGE_FIELDS:
-            img = decode_image(_read(uri, name, spec.max_image_bytes), max_pixels=spec.max_image_bytes)
-            if name == "person":
-                geometry = fit_geometry(img.shape[0], img.shape[1], h, w)
-            out[name] = fit_image(img, h, w)
-        elif name in MASK_FIELDS:
-            mask = decode_mask(_read(uri, name, spec.max_image_bytes))
-            out[name] = np.round(fit_mask(mask, h, w) * 255.0).astype(np.uint8)
-        elif name == "parsing":
-            out[name] = _decode_labels(_read(uri, name, spec.max_image_bytes), name, h, w, 13)
-        elif name == "densepose":
-            out[name] = _decode_labels(_read(uri, name, spec.max_image_bytes), name, h, w, 24)
-        elif name == "keypoints":
-            kp = decode_openpose(_read(uri, "pose", 16 * 2**20)).astype(np.float32)
-            if geometry is not None and (geometry.src_height, geometry.src_width) != (h, w):
-                present = (kp[:, 0] > 1) & (kp[:, 1] > 1)
-                kp[:, :2] = np.where(present[:, None], geometry.map_points(kp[:, :2]), kp[:, :2])
-            out[name] = kp
-        else:
-            raise ValueError(f"unknown decode field {name!r}")
+        uri = row.get("pose_uri" if name == "keypoints" else SAMPLE_URI_COLUMNS[name])
+        try:
+            out[name], geometry = _decode_field(name, uri, spec, geometry)
+        except Exception as exc:  # noqa: BLE001 - every failure of an input is that input's error row
+            raise SampleDecodeError(error_reason(FIELD_SOURCES[name], exc)) from exc
     return out
 
 
@@ -412,6 +464,8 @@ def _write_error_rows(spec: DecodeSpec, rows: list[dict]) -> None:
 
 def decode_batch(batch: Mapping[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` UDF: decode every row; bad rows are dropped and written as error rows."""
+    from pipelines.batch import one_line
+
     n = len(batch["sample_key"])
     keep: list[dict[str, np.ndarray]] = []
     epochs: list[int] = []
@@ -422,7 +476,7 @@ def decode_batch(batch: Mapping[str, np.ndarray], spec: DecodeSpec) -> dict[str,
             keep.append(decode_row(row, spec))
             epochs.append(int(row.get("epoch") or 0))
         except Exception as exc:  # noqa: BLE001 - any failure of one sample drops that sample only
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = one_line(exc)
             log.warning("dropping sample %s (epoch %s): %s", row.get("sample_key"), row.get("epoch"), reason)
             errors.append(error_row(spec.manifest, str(row.get("sample_key")), reason,
                                     {k: v for k, v in row.items() if k.endswith("_uri") or k.endswith("_id")}))
@@ -498,3 +552,25 @@ def label_tensor(x, device):
     import torch
 
     return torch.as_tensor(x).to(device, non_blocking=True).long()
+
+
+def tutor_inputs(batch, device) -> dict:
+    """Model tensors of a decoded paired batch, built on the worker: the images, label maps and garment mask, the
+    tutor's 45-channel person representation and the person's own garment region (the warp target), as
+    ``PF-AFN_train/train_PBAFN_stage1.py`` builds them (``pfafn.person``). The student's phases use them too: the
+    frozen tutor warps the same garment on the same representation."""
+    from pfafn.person import person_clothes, tutor_warp_input
+
+    person = image_tensor(batch["person"], device)
+    parsing = label_tensor(batch["parsing"], device)
+    densepose = label_tensor(batch["densepose"], device)
+    garment = image_tensor(batch["garment"], device)
+    mask = mask_tensor(batch["garment_mask"], device)
+    rep = tutor_warp_input(parsing, densepose, batch["keypoints"].to(device))
+    target, target_mask = person_clothes(person, parsing)
+    out = {"person": person, "parsing": parsing, "densepose": densepose, "rep": rep, "garment": garment,
+           "mask": mask, "binary": (mask > 0.5).float(), "target": target, "target_mask": target_mask}
+    if "unpaired" in batch:
+        out["unpaired"] = image_tensor(batch["unpaired"], device)
+        out["unpaired_mask"] = mask_tensor(batch["unpaired_mask"], device)
+    return out

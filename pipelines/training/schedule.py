@@ -1,10 +1,11 @@
-"""The published LR schedule (reference §4.1): constant for ``niter`` epochs, then linear decay to 0 over
-``niter_decay`` epochs, applied once per epoch.
+"""The published LR schedule: constant for ``niter`` epochs, then linear decay to 0 over ``niter_decay`` epochs,
+applied once per epoch (``--niter``/``--niter_decay`` of ``PF-AFN_train/options/train_options.py``).
 
-The reference trains epochs 1..niter+niter_decay and, *after* each epoch ``> niter``, subtracts ``lr/niter_decay``.
-With 0-based epochs ``e`` that is ``lr(e) = lr0 · (1 − max(0, e − niter) / niter_decay)``: epochs ``0..niter`` run at
-``lr0`` and the last epoch at ``lr0/niter_decay``. A warp optimizer at ``0.2·lr0`` decays the same way
-(``0.2·lr0/niter_decay`` per epoch).
+The original scripts (``PF-AFN_train/train_*.py``) train epochs 1..niter+niter_decay and, *after* each epoch
+``> niter``, subtract ``lr/niter_decay`` (``update_learning_rate`` in ``PF-AFN_train/models/afwm.py``). With 0-based
+epochs ``e`` that is ``lr(e) = lr0 · (1 − max(0, e − niter) / niter_decay)``: epochs ``0..niter`` run at ``lr0`` and
+the last epoch at ``lr0/niter_decay``. A warp optimizer at ``0.2·lr0`` decays the same way
+(``update_learning_rate_warp``: ``0.2·lr0/niter_decay`` per epoch).
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ PARSING_LABELS: dict[int, str] = {
     FACE: "face",
     RIGHT_ARM: "right_arm",
 }
-NUM_PARSING_CLASSES = 14  # ids 0..13 (2 and 3 unused), the ``--label_nc 14`` of the reference
+NUM_PARSING_CLASSES = 14  # ids 0..13 (2 and 3 unused), the ``--label_nc 14`` of the original training options
 
 FACE_LABELS = (HAIR, FACE)
 OTHER_CLOTHES_LABELS = (LEFT_SHOE, RIGHT_SHOE, PANTS, LEFT_LEG, RIGHT_LEG)
@@ -86,7 +86,7 @@ DP_HEAD = (23, 24)  # right, left
 
 DP_TORSO_PARTS = (DP_TORSO_BACK, DP_TORSO_FRONT)
 DP_HAND_PARTS = (DP_RIGHT_HAND, DP_LEFT_HAND)
-DP_ARM_PARTS = tuple(range(15, 23))  # 15..22: upper and lower arms, both sides (the reference's dense_preserve_mask)
+DP_ARM_PARTS = tuple(range(15, 23))  # 15..22: upper and lower arms, both sides (the original code's dense_preserve_mask)
 
 # --- OpenPose COCO-18 -------------------------------------------------------------------------------------------
 COCO18_KEYPOINTS = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pfafn.data import labels as L
+from pfafn.synthetic import labels as L
 
 # For a mislabelled blob centred on a pixel of label k: the labels a real parser confuses k with.
 _CONFUSIONS: dict[int, tuple[int, ...]] = {

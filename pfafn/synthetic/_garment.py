@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pfafn.data._raster import F32, clamp, hsv, mix
+from pfafn.synthetic._raster import F32, clamp, hsv, mix
 
 DESIGN_H = 256.0
 DESIGN_W = 192.0

@@ -1,6 +1,6 @@
 """Visualisations of parsing / DensePose maps and the synthetic-world contact sheet (numpy + PIL).
 
-``python -m pfafn.data.visualize OUT.png [--seed S]`` regenerates ``docs/img/synthetic_examples.png``.
+``python -m pfafn.synthetic.visualize OUT.png [--seed S]`` regenerates ``docs/img/synthetic_examples.png``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import colorsys
 
 import numpy as np
 
-from pfafn.data import labels as L
+from pfafn.synthetic import labels as L
 
 # One fixed colour per parsing id (unused ids are grey).
 PARSING_PALETTE = np.full((256, 3), 128, np.uint8)
@@ -66,7 +66,7 @@ def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, radius: int = 2) ->
 def contact_sheet(seed: int = 0, columns: int = 6, height: int = 256, width: int = 192, gap: int = 4) -> np.ndarray:
     """A grid picture of a small world: product photos, models in their own garment, unpaired ground truths,
     then parsing / DensePose / keypoints / noisy parsing of a few models. Returns H×W×3 uint8."""
-    from pfafn.data.synthetic import SyntheticWorld, WorldConfig
+    from pfafn.synthetic.world import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(columns, columns, WorldConfig(height=height, width=width, seed=seed, parsing_noise=0.6))
     renders = [world.render_person(i) for i in range(columns)]

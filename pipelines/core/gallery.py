@@ -7,10 +7,9 @@ import html
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-
-from pipelines import storage
+from pipelines.core import storage
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +91,32 @@ def write_html(uri: str, page: str) -> str:
     return uri
 
 
-def catalog_gallery_items(results, garment_uris: dict[str, str], model_uris: dict[str, str], sample: int,
-                          salt: str) -> list[GalleryItem]:
-    """Pick up to ``sample`` result rows (errors first, up to a quarter of the sheet) and build their cards."""
-    rows = results.to_pylist()
+@dataclass
+class Sheet:
+    """What a stage puts in its QA gallery: result rows (with a ``status``), how to key them for the stable sample,
+    and how to draw one as a card."""
+
+    title: str
+    meta: str
+    rows: Sequence[dict]
+    key: Callable[[dict], str]
+    card: Callable[[dict], GalleryItem]
+
+
+def sample_errors_first(rows: Sequence[dict], key: Callable[[dict], str], size: int, salt: str = "") -> list[dict]:
+    """Up to ``size`` rows: error rows first (a stable sample, at most a quarter of the sheet but at least one), then
+    a stable sample of the ok rows — so a QA reader always sees failures without them crowding out the results."""
     errors = [r for r in rows if r["status"] != "ok"]
     oks = [r for r in rows if r["status"] == "ok"]
-    n_err = min(len(errors), max(1, sample // 4)) if errors else 0
-    chosen = [errors[i] for i in stable_sample([f"{r['garment_id']}/{r['model_id']}" for r in errors], n_err, salt)]
-    chosen += [oks[i] for i in stable_sample([f"{r['garment_id']}/{r['model_id']}" for r in oks], sample - len(chosen), salt)]
-    items = []
-    for r in chosen:
-        items.append(
-            GalleryItem(
-                caption=f"{r['garment_id']} × {r['model_id']}",
-                status=r["status"],
-                images=[("garment", garment_uris.get(r["garment_id"])), ("model", model_uris.get(r["model_id"])),
-                        ("try-on", r.get("image_uri"))],
-                note=r.get("error") or "",
-            )
-        )
-    return items
+    n_err = min(len(errors), max(1, size // 4)) if errors else 0
+    chosen = [errors[i] for i in stable_sample([key(r) for r in errors], n_err, salt)]
+    return chosen + [oks[i] for i in stable_sample([key(r) for r in oks], size - len(chosen), salt)]
+
+
+def write_gallery(output: str, run_id: str, sheet: Sheet, size: int, salt: str = "") -> str:
+    """Render ``size`` cards of ``sheet`` to ``{output}/gallery/{run_id}.html`` and ``gallery/index.html`` (the
+    latest run); returns the index's URI."""
+    items = [sheet.card(r) for r in sample_errors_first(sheet.rows, sheet.key, size, salt)]
+    page = render_html(sheet.title, items, sheet.meta)
+    write_html(storage.join_uri(output, "gallery", f"{run_id}.html"), page)
+    return write_html(storage.join_uri(output, "gallery", "index.html"), page)

@@ -15,8 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pipelines import storage
-from pipelines.errors import StageError
+from pipelines.core import storage
+from pipelines.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class RunLock:
             storage.delete(self.uri)
 
     def __enter__(self) -> "RunLock":
-        self.acquire()
+        if self._thread is None:  # lock_output() hands out an acquired lock; a bare RunLock acquires here
+            self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -118,7 +119,7 @@ class RunLock:
 
 def new_run_id(requested: str = "") -> str:
     """The run id: ``requested`` when given (validated), else a UTC timestamp plus a random suffix."""
-    from pipelines.manifests import validate_id
+    from pipelines.core.manifests import validate_id
 
     run_id = requested or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
     return validate_id(run_id)

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from pfafn.data._body import BodySpec, PersonRenderer, Wobble, sample_body
-from pfafn.data._garment import GarmentSpec, Layout, render_product, sample_garment
-from pfafn.data._noise import corrupt_parsing
-from pfafn.data.openpose import decode_openpose, encode_openpose, encode_openpose_json
+from pfafn.synthetic._body import BodySpec, PersonRenderer, Wobble, sample_body
+from pfafn.synthetic._garment import GarmentSpec, Layout, render_product, sample_garment
+from pfafn.synthetic._noise import corrupt_parsing
+from pfafn.synthetic.openpose import decode_openpose, encode_openpose, encode_openpose_json
 
 __all__ = [
     "WorldConfig",
@@ -101,7 +101,7 @@ class PersonRender:
     """A model wearing a garment, with the tutor's person representation.
 
     image         H×W×3 uint8 photo.
-    parsing       H×W uint8, exact 14-class ACGPN ids (see ``pfafn.data.labels``; never 2, 3, 5, 6 or 7).
+    parsing       H×W uint8, exact 14-class ACGPN ids (see ``pfafn.synthetic.labels``; never 2, 3, 5, 6 or 7).
     densepose     H×W uint8 DensePose part index 0..24 (0 = background).
     keypoints     18×3 float32 COCO-18 (x, y, confidence) in pixels; (0, 0, 0) = missing (outside the image).
     garment_mask  H×W bool, the visible worn garment: exactly ``parsing == 4``.

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import storage
-from pipelines.catalog import CatalogConfig, image_key, load_results, run
-from pipelines.errors import StageError
-from pipelines.locking import RunLock
+from pipelines.core import storage
+from pipelines.stages.catalog_tryon import CatalogConfig, image_key, load_results, run
+from pipelines.core.config import ConfigError
+from pipelines.core.errors import StageError
+from pipelines.core.locking import RunLock
 from tests.catalog_helpers import (
     SIZE,
     append_rows,
@@ -74,7 +75,7 @@ def test_catalog_counts_rerun_and_new_garment(ray_session, tmp_path):
     assert (s2["pairs_ok"], s2["pairs_error"], s2["pairs_skipped"], s2["tiles"]) == (0, 0, 20, 0)
 
     extra_g, _ = write_catalog(str(tmp_path / "extra"), 1, 4, first_garment=5)
-    from pipelines.manifests import read_table
+    from pipelines.core.manifests import read_table
 
     new_row = read_table(extra_g).to_pylist()[0]
     append_rows(g_uri, {k: [v] for k, v in new_row.items()})
@@ -178,6 +179,46 @@ def test_bad_and_unusual_inputs_become_rows(ray_session, tmp_path):
     assert "large" in reasons["bad-bomb"].lower() or "bomb" in reasons["bad-bomb"].lower()
     assert "empty" in reasons["bad-empty"].lower()
     assert not any(".." in p for p in image_files(out, version))
+
+
+def test_error_rows_name_the_input_that_failed(ray_session, tmp_path):
+    data = tmp_path / "data"
+    g_uri, m_uri = write_catalog(str(data), 2, 2)
+    student = str(tmp_path / "student.pt")
+    version = write_student(student)
+    (data / "garments" / "g00001_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n not a mask")
+    (data / "models" / "m00001.png").write_bytes(os.urandom(200))
+    out = str(tmp_path / "out")
+    s = run(_config(g_uri, m_uri, out, student))
+    assert (s["pairs_ok"], s["pairs_error"]) == (1, 3)
+    reasons = {(r["garment_id"], r["model_id"]): r["error"] for r in load_results(out, version).to_pylist()}
+    assert reasons[("g00000", "m00000")] is None
+    assert reasons[("g00000", "m00001")].startswith("person image: ")
+    assert reasons[("g00001", "m00000")].startswith("garment mask: ")
+    assert reasons[("g00001", "m00001")].startswith("garment mask: "), "the garment's failure is named first"
+
+
+def test_decode_garment_tells_the_photo_from_its_mask(tmp_path):
+    from pipelines.batch import InputError, decode_garment
+
+    write_catalog(str(tmp_path), 1, 1)
+    image, mask = str(tmp_path / "garments" / "g00000.png"), str(tmp_path / "garments" / "g00000_mask.png")
+    cfg = {"height": SIZE, "width": SIZE, "max_image_bytes": 1 << 24, "max_image_pixels": 1 << 24,
+           "min_mask_confidence": 0.5}
+    garment, fitted_mask = decode_garment(image, mask, cfg)
+    assert garment.shape == (SIZE, SIZE, 3) and set(np.unique(fitted_mask)) <= {0, 255}
+    small = tmp_path / "small_mask.png"
+    small.write_bytes(png_bytes(np.zeros((SIZE // 2, SIZE // 2), np.uint8)))
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(png_bytes(np.full((SIZE, SIZE, 3), 255, np.uint8)))
+    cases = {(str(tmp_path / "missing.png"), mask): "garment image: ",
+             (image, str(small)): "garment mask: ",  # the mask's size does not match the photo's
+             (image, str(tmp_path / "missing_mask.png")): "garment mask: ",
+             (str(blank), None): "garment mask: "}  # nothing to extract: low confidence or refused
+    for (img, msk), prefix in cases.items():
+        with pytest.raises(InputError) as err:
+            decode_garment(img, msk, cfg)
+        assert err.value.reason.startswith(prefix), (img, msk, err.value.reason)
 
 
 def _cli(args: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -286,5 +327,5 @@ def test_channels_last_auto_follows_device_and_precision():
     assert resolve_channels_last(False, "cuda", "bf16") is False
     assert resolve_channels_last(True, "cpu", "bf16") is True
     cfg = CatalogConfig(garments="g.parquet", models="m.parquet", output="out", student="s.pt", channels_last="yes")
-    with pytest.raises(StageError, match=r"channels_last must be true\|false\|auto"):
+    with pytest.raises(ConfigError, match=r"channels_last must be one of true\|false\|auto"):
         cfg.validate()

@@ -1,19 +1,21 @@
 """Stage 2: distil the parser-free student (PF-AFN) from the tutor's fakes with Ray Train.
 
-Pipeline (reads top to bottom)::
+Pipeline (reads top to bottom; the skeleton is :mod:`pipelines.training.stage`)::
 
     fakes manifest (ok rows of tutor inference) + dataset root ──► one sample per fake: fake image (person wearing
         the tutor garment g'), real photo, its parsing/DensePose/pose, worn garment g + mask, g' + mask
-        ──► phase 1 "student_warp" (PF warp): AFWM(3) initialised from the tutor's warp except cond_* and
-            aflow_net.netRefine*; L_warp + adjustable KD; first only cond_* / netRefine train, then all (new Adam)
-        ──► phase 2 "student_e2e" (PF end-to-end): AFWM(3) from phase 1 + ResUnetGenerator(7, 4) from scratch;
-            0.25·(L_warp + KD) + gen_PF
+        ──► phase 1 "student_warp" (PF warp, PF-AFN_train/train_PFAFN_stage1.py): AFWM(3) initialised from the
+            tutor's warp except cond_* and aflow_net.netRefine*; L_warp + adjustable KD; first only
+            cond_* / netRefine train, then all (a second Adam)
+        ──► phase 2 "student_e2e" (PF end-to-end, PF-AFN_train/train_PFAFN_e2e.py): AFWM(3) from phase 1 +
+            ResUnetGenerator(7, 4) from scratch; 0.25·(L_warp + KD) + gen_PF
         ──► {output}/student.pt (project format, kind "student"), {output}/official/{warp,gen}_model_final.pth
             (published format) and {output}/summary.json
 
 Per sample the frozen tutor (eval, no grad) warps the *paired* garment g on the person's 45-channel representation:
-its person features, flows and warped garment are the distillation targets (§4.3 step 4). It also warps g' to
-give the skin mask of gen_PF. Interpretations of the reference are listed in ``docs/training.md``.
+its person features, flows and warped garment are the distillation targets (``flow_out_sup``, the frozen
+``PB_warp_model`` pass on the real garment in ``train_PFAFN_stage1.py``). It also warps g' to give the skin mask of
+gen_PF. Where this differs from the original scripts is listed in ``docs/training.md``.
 
 Switches kept first-class for the ablation benchmark: ``distill.enabled`` (false = no KD terms) and
 ``supervision`` (``real``: the real photo, as published; ``tutor``: WUTON-style, the tutor's own paired try-on
@@ -22,27 +24,18 @@ replaces the real photo as every target).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from pipelines import manifests, storage
-from pipelines.config import to_dict
-from pipelines.errors import StageError
-from pipelines.train_tutor import tutor_inputs
+from pipelines.core import manifests, storage
+from pipelines.core.errors import StageError
 from pipelines.training import data as tdata
-from pipelines.training.common import (
-    LossConfig,
-    MetricSums,
-    build_vgg,
-    check_vgg_available,
-    adam,
-    e2e_optimizers,
-    require,
-    run_summary,
-    with_absolute_paths,
-)
-from pipelines.training.loop import PhaseConfig, PhaseTask, TrainSettings, load_phase_weights, run_phase
+from pipelines.training.checkpoints import load_phase_weights
+from pipelines.training.common import MetricSums, adam, build_vgg, e2e_optimizers, eval_batches
+from pipelines.training.config import PhaseConfig, TrainingConfig
+from pipelines.training.data import tutor_inputs
+from pipelines.training.loop import PhaseTask
+from pipelines.training.stage import EvalSet, Samples, TrainingStage, run_training, save_model
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +44,8 @@ OFFICIAL_WARP = "official/warp_model_final.pth"
 OFFICIAL_GEN = "official/gen_model_final.pth"
 WARP_PHASE = "student_warp"
 E2E_PHASE = "student_e2e"
-#: Student warp parameters that are *not* copied from the tutor and that train alone during the freeze epochs.
+#: Student warp parameters that are *not* copied from the tutor and that train alone during the freeze epochs
+#: (``'cond_' in name or 'aflow_net.netRefine' in name`` in ``PF-AFN_train/train_PFAFN_stage1.py``).
 FRESH_PREFIXES = ("cond_", "aflow_net.netRefine")
 
 
@@ -63,48 +57,22 @@ class DistillSwitch:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(TrainingConfig):
     """Config of ``jobs.distill``; every field is documented in docs/training.md and jobs/configs/distill.yaml."""
 
-    data: str = ""
+    STAGE: ClassVar[str] = "distill"
+    PATHS: ClassVar[tuple[str, ...]] = ("data", "fakes", "tutor", "output")
+
     fakes: str = ""
     tutor: str = ""
-    output: str = ""
-    height: int = 256
-    width: int = 192
-    batch_size: int = 4
-    seed: int = 0
+    warp: PhaseConfig = field(default_factory=lambda: PhaseConfig(100, 100, 3e-5))
     ngf: int = 0  # student generator width (0: the tutor's)
-    supervision: str = "real"  # real | tutor
+    supervision: Literal["real", "tutor"] = "real"
     distill: DistillSwitch = field(default_factory=DistillSwitch)
     require_tutor_version: bool = True  # use only fakes made by this tutor checkpoint's version
-    loss: LossConfig = field(default_factory=lambda: LossConfig(vgg="torchvision"))
-    warp: PhaseConfig = field(default_factory=lambda: PhaseConfig(100, 100, 3e-5))
-    e2e: PhaseConfig = field(default_factory=lambda: PhaseConfig(50, 50, 5e-5))
     freeze_epochs: int = -1  # PF-warp epochs training only cond_*/netRefine (-1: warp.niter, as published)
     skin_switch_epoch: int = -1  # gen_PF (a, b) switch epoch (-1: e2e.niter, as published)
-    warp_lr_scale: float = 0.2  # e2e warp optimizer lr relative to e2e.lr (published 1e-5 vs 5e-5)
-    val_samples: int = 64
-    val_fraction: float = 0.1
     gt_samples: int = 64  # unpaired ground-truth evaluation samples (when ground_truth.parquet exists)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    lock_ttl_s: float = 600.0
-    force_unlock: bool = False
-
-    def validate(self) -> None:
-        for flag in ("data", "fakes", "tutor", "output"):
-            require(getattr(self, flag), flag, "distill")
-        if self.height % 32 or self.width % 32 or self.height < 64 or self.width < 64:
-            raise StageError(f"distill: height and width must be multiples of 32 and >= 64, got "
-                             f"{self.height}x{self.width}")
-        if self.supervision not in ("real", "tutor"):
-            raise StageError(f"distill: supervision must be real|tutor, got {self.supervision!r}")
-        if self.batch_size < 1:
-            raise StageError("distill: batch_size must be >= 1")
-        for name in ("warp", "e2e"):
-            if getattr(self, name).epochs < 1:
-                raise StageError(f"distill: {name}.niter + {name}.niter_decay must be >= 1")
-        self.train.validate()
 
     @property
     def freeze(self) -> int:
@@ -168,7 +136,7 @@ def _nn():
         def forward(self, fake, masked_garment, binary, composite_region):
             out = self.warp(fake, masked_garment, binary, intermediates=True)
             gen_out = self.gen(torch.cat([fake, out.warped_garment.to(fake.dtype), out.warped_mask.to(fake.dtype)], 1))
-            # Training composition: m = sigmoid · warped edge · parsing clothes mask (§4.5).
+            # Training composition: m = sigmoid · warped edge · parsing clothes mask (train_PFAFN_e2e.py).
             tryon, rendered, m = compose_tryon(gen_out, out.warped_garment, out.warped_mask * composite_region)
             return out, tryon, rendered, m
 
@@ -189,8 +157,9 @@ def load_tutor(uri: str, device):
 
 
 def init_student_warp_from_tutor(student_warp, tutor_warp) -> list[str]:
-    """Copy every tutor warp weight except ``cond_*`` and ``aflow_net.netRefine*`` (reference §4.1, stage 3).
-    Returns the copied keys."""
+    """Copy every tutor warp weight except ``cond_*`` and ``aflow_net.netRefine*`` (the PF warp starts from the PB
+    warp checkpoint in ``train_PFAFN_stage1.py``, whose person branch sees 3 channels, not 45). Returns the copied
+    keys."""
     src = tutor_warp.state_dict()
     dst = student_warp.state_dict()
     copied = []
@@ -204,7 +173,8 @@ def init_student_warp_from_tutor(student_warp, tutor_warp) -> list[str]:
 
 
 def distill_terms(tutor_out, student_out, target, enabled: bool):
-    """Adjustable KD (§4.6): ``(feature_loss, flow_loss, gate)``; zero losses when ``enabled`` is false."""
+    """Adjustable KD (``train_PFAFN_stage1.py``, ``train_PFAFN_e2e.py``): ``(feature_loss, flow_loss, gate)``; zero
+    losses when ``enabled`` is false."""
     from pfafn.losses import distillation_gate, distillation_loss
 
     gate = distillation_gate(tutor_out.warped_garment, student_out.warped_garment, target)
@@ -242,9 +212,9 @@ def _warp_parts(pw: dict, feature, flow, gate) -> dict:
 
 
 class _StudentTask(PhaseTask):
-    def __init__(self, config: DistillConfig, widths) -> None:
-        self.config = config
-        self.widths = widths
+    def __init__(self, config: DistillConfig, phase: PhaseConfig, widths) -> None:
+        super().__init__(config, phase)
+        self.widths = widths  # the tutor's: the student's warp starts from its weights
 
     def _frozen(self, device) -> dict:
         tutor, _ = load_tutor(self.config.tutor, device)
@@ -262,15 +232,15 @@ class _StudentTask(PhaseTask):
 
 
 class StudentWarpTask(_StudentTask):
-    """Phase 1, PF warp: AFWM(3) with L_warp + adjustable KD; freeze epochs train cond_*/netRefine only."""
+    """Phase 1, PF warp (``train_PFAFN_stage1.py``): AFWM(3) with L_warp + adjustable KD; the freeze epochs train
+    cond_*/netRefine only."""
 
     name = WARP_PHASE
     trainable = ("warp",)
     val_sets = ("val",)
 
     def __init__(self, config: DistillConfig, widths) -> None:
-        super().__init__(config, widths)
-        self.phase = config.warp
+        super().__init__(config, config.warp, widths)
 
     def build(self, device) -> dict:
         import torch
@@ -288,7 +258,8 @@ class StudentWarpTask(_StudentTask):
         return {"fresh": (adam(fresh, self.phase.lr), 1.0),
                 "all": (adam(nets["warp"].parameters(), self.phase.lr), 1.0)}
 
-    def active_optimizers(self, epoch: int) -> tuple[str, ...]:
+    def active_optimizers(self, epoch: int, names: tuple[str, ...]) -> tuple[str, ...]:
+        # optimizer_part before epoch niter, then optimizer (train_PFAFN_stage1.py)
         return ("fresh",) if epoch < self.config.freeze else ("all",)
 
     def step(self, nets, batch, epoch, device):
@@ -304,7 +275,7 @@ class StudentWarpTask(_StudentTask):
         from pfafn.person import person_clothes
 
         sums = MetricSums("val_warp")
-        for batch in val_iters["val"].iter_torch_batches(batch_size=self.config.batch_size):
+        for batch in eval_batches(val_iters, "val", self.config.batch_size):
             person = tdata.image_tensor(batch["person"], device)
             garment = tdata.image_tensor(batch["garment"], device)
             binary = (tdata.mask_tensor(batch["garment_mask"], device) > 0.5).float()
@@ -315,15 +286,14 @@ class StudentWarpTask(_StudentTask):
 
 
 class StudentE2ETask(_StudentTask):
-    """Phase 2, PF end-to-end: StudentNet with 0.25·(L_warp + KD) + gen_PF."""
+    """Phase 2, PF end-to-end (``train_PFAFN_e2e.py``): StudentNet with 0.25·(L_warp + KD) + gen_PF."""
 
     name = E2E_PHASE
     trainable = ("student",)
     val_sets = ("val", "val_gt")
 
     def __init__(self, config: DistillConfig, widths, ngf: int, has_gt: bool) -> None:
-        super().__init__(config, widths)
-        self.phase = config.e2e
+        super().__init__(config, config.e2e, widths)
         self.ngf = ngf
         if not has_gt:
             self.val_sets = ("val",)
@@ -350,7 +320,8 @@ class StudentE2ETask(_StudentTask):
             fake_mask = (tdata.mask_tensor(batch["fake_garment_mask"], device) > 0.5).float()
             fake_garment = tdata.image_tensor(batch["fake_garment"], device)
             warped_un = nets["tutor"].warp(x["rep"], fake_garment * fake_mask, fake_mask).warped_mask
-            skin = warped_un.float() * (1.0 - x["target_mask"])  # §4.5: warped fake-garment edge × (1 − parsing)
+            # skin_mask of train_PFAFN_e2e.py: warped edge of the fake's garment × (1 − parsing clothes)
+            skin = warped_un.float() * (1.0 - x["target_mask"])
         out, tryon, rendered, m = nets["student"](x["fake"], x["masked_garment"], x["binary"], x["target_mask"])
         lw, pw = warp_loss(out, x["target"], x["target_mask"], nets["vgg"])
         feature, flow, gate = distill_terms(x["tutor_warp"], out, x["target"], self.config.distill.enabled)
@@ -367,7 +338,7 @@ class StudentE2ETask(_StudentTask):
             if name not in val_iters:
                 continue
             sums = MetricSums(prefix)
-            for batch in val_iters[name].iter_torch_batches(batch_size=self.config.batch_size):
+            for batch in eval_batches(val_iters, name, self.config.batch_size):
                 person = tdata.image_tensor(batch["person"], device)
                 out = model(person, tdata.image_tensor(batch["garment"], device),
                             tdata.mask_tensor(batch["garment_mask"], device))
@@ -428,112 +399,74 @@ def fake_samples(root: tdata.DatasetRoot, fakes_uri: str, tutor_version: str, re
         if r["tutor_garment_id"] == r["worn_garment_id"]:
             errors.append(tdata.error_row("fakes", key, "the fake's tutor garment is the worn garment", r, fakes_uri))
             continue
-        out.append({"sample_key": key, **tdata._person_columns(model), **tdata._garment_columns(worn, "garment"),
-                    "fake_uri": r["image_uri"], **tdata._garment_columns(other, "fake_garment")})
+        out.append({"sample_key": key, **tdata.person_columns(model), **tdata.garment_columns(worn, "garment"),
+                    "fake_uri": r["image_uri"], **tdata.garment_columns(other, "fake_garment")})
     out.sort(key=lambda s: s["sample_key"])
     return out, stats
 
 
-def _datasets(config: DistillConfig, train, val, gt, plan, errors_uri):
-    s = config.train
-    block_rows = s.block_rows or min(512, plan.global_batch * 4)
-    train_spec = tdata.DecodeSpec(config.height, config.width, TRAIN_FIELDS, errors_uri, "fakes")
-    val_spec = tdata.DecodeSpec(config.height, config.width, VAL_FIELDS, errors_uri, "validation")
-    gt_spec = tdata.DecodeSpec(config.height, config.width, GT_FIELDS, errors_uri, "ground_truth")
-    eval_rows = max(1, config.batch_size)
+class DistillStage(TrainingStage):
+    config: DistillConfig
+    # set by prepare(), from the tutor checkpoint and the fakes location
+    tutor_version: str
+    widths: Any  # pfafn.nn.NetworkWidths of the tutor (the student's warp starts from its weights)
+    ngf: int
+    fakes_uri: str
 
-    def make(start_step: int) -> dict:
-        table = tdata.epoch_table(train, plan, config.seed, start_step)
-        out = {"train": tdata.build_dataset(table, train_spec, block_rows=block_rows, decode_cpus=s.decode_cpus),
-               "val": tdata.build_dataset(tdata.sample_table(val), val_spec, block_rows=eval_rows,
-                                          decode_cpus=s.decode_cpus)}
+    def prepare(self) -> None:
+        """Read the tutor (its widths shape the student; its version selects the fakes) before taking the lock."""
+        c = self.config
+        try:
+            _, loaded = load_tutor(c.tutor, "cpu")
+        except StageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unreadable / wrong checkpoint: one line
+            raise StageError(f"distill: cannot load the tutor {c.tutor}: {exc}") from None
+        self.tutor_version = loaded.version
+        self.widths = loaded.widths
+        self.ngf = c.ngf or loaded.widths.ngf
+        self.fakes_uri = fakes_manifest_uri(c.fakes)
+
+    def samples(self, root, errors) -> Samples:
+        c = self.config
+        train, stats = fake_samples(root, self.fakes_uri, self.tutor_version, c.require_tutor_version, errors)
+        if not train:
+            raise StageError(f"distill: no usable ok fakes in {self.fakes_uri} for tutor {self.tutor_version} "
+                             f"({stats})")
+        _, val = tdata.split_train_val(root, c.val_samples, c.val_fraction, c.seed, [])
+        gt = tdata.unpaired_ground_truth_samples(root, c.gt_samples, errors)
+        eval_sets = {"val": EvalSet(tdata.sample_table(val), VAL_FIELDS, "validation")}
         if gt:
-            out["val_gt"] = tdata.build_dataset(tdata.sample_table(gt), gt_spec, block_rows=eval_rows,
-                                                decode_cpus=s.decode_cpus)
-        return out
-    return make
+            eval_sets["val_gt"] = EvalSet(tdata.sample_table(gt), GT_FIELDS, "ground_truth")
+        return Samples(train, TRAIN_FIELDS, "fakes", eval_sets, summary={"gt_samples": len(gt), **stats})
+
+    def tasks(self, samples) -> list[PhaseTask]:
+        return [StudentWarpTask(self.config, self.widths),
+                StudentE2ETask(self.config, self.widths, self.ngf, "val_gt" in samples.eval_sets)]
+
+    def plan_fields(self) -> dict[str, Any]:
+        c = self.config
+        return {"fakes": self.fakes_uri, "tutor": self.tutor_version, "supervision": c.supervision,
+                "distill": c.distill.enabled, "ngf": self.ngf, "freeze": c.freeze}
+
+    def finish(self, phases) -> dict[str, Any]:
+        """The student checkpoint and its published-format export (which must hash to the same version)."""
+        from pfafn.checkpoint import export_official
+
+        c = self.config
+        model = save_model(c, phases, "student", file=STUDENT_FILE, kind="student", meta={
+            "fakes": self.fakes_uri, "tutor_version": self.tutor_version, "supervision": c.supervision,
+            "distill": c.distill.enabled})
+        warp_uri = storage.join_uri(c.output, OFFICIAL_WARP)
+        gen_uri = storage.join_uri(c.output, OFFICIAL_GEN)
+        official = export_official((model.warp, model.gen), warp_uri, gen_uri)
+        if official != model.version:
+            raise StageError(f"distill: exported weights hash to {official}, the checkpoint to {model.version}")
+        return {"fakes": self.fakes_uri, "tutor": c.tutor, "tutor_version": self.tutor_version,
+                "student_checkpoint": model.uri, "official_warp": warp_uri, "official_gen": gen_uri,
+                "version": model.version, "supervision": c.supervision, "distill_enabled": c.distill.enabled}
 
 
 def run(config: DistillConfig) -> dict[str, Any]:
     """Distil the student (both phases, resuming where a previous run on this output stopped); return the summary."""
-    from pfafn.checkpoint import export_official, save_checkpoint
-    from pipelines.locking import lock_output, new_run_id, write_run_summary
-    from pipelines.ray_env import ensure_ray
-
-    config.validate()
-    config = with_absolute_paths(config, "data", "fakes", "tutor", "output")
-    started = time.time()
-    check_vgg_available(config.loss)
-    try:
-        _, loaded = load_tutor(config.tutor, "cpu")
-    except StageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - unreadable / wrong checkpoint: one line
-        raise StageError(f"distill: cannot load the tutor {config.tutor}: {exc}") from None
-    widths = loaded.widths
-    ngf = config.ngf or widths.ngf
-    run_id = new_run_id()
-    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock)
-    try:
-        try:
-            root = tdata.load_root(config.data)
-        except tdata.DatasetRootError as exc:
-            raise StageError(f"distill: {exc}") from None
-        errors = list(root.errors)
-        fakes_uri = fakes_manifest_uri(config.fakes)
-        train, fake_stats = fake_samples(root, fakes_uri, loaded.version, config.require_tutor_version, errors)
-        if not train:
-            raise StageError(f"distill: no usable ok fakes in {fakes_uri} for tutor {loaded.version} "
-                             f"({fake_stats})")
-        _, val = tdata.split_train_val(root, config.val_samples, config.val_fraction, config.seed, [])
-        gt = tdata.unpaired_ground_truth_samples(root, config.gt_samples, errors)
-        ensure_ray()
-        s = config.train
-        errors_uri = storage.join_uri(config.output, tdata.ERROR_ROWS_DIR)
-        key_extra = {"data": config.data, "fakes": fakes_uri, "tutor": loaded.version, "seed": config.seed,
-                     "size": [config.height, config.width], "supervision": config.supervision,
-                     "distill": config.distill.enabled, "ngf": ngf}
-        phases: dict[str, dict] = {}
-        tasks = ((StudentWarpTask(config, widths), config.warp),
-                 (StudentE2ETask(config, widths, ngf, bool(gt)), config.e2e))
-        for task, phase in tasks:
-            try:
-                plan = tdata.plan_epochs(len(train), config.batch_size, s.num_workers, phase.epochs, phase.max_steps)
-            except tdata.DatasetRootError as exc:
-                raise StageError(f"distill: {exc}") from None
-            phases[task.name] = run_phase(
-                task=task, output=config.output, plan=plan, batch_size=config.batch_size, settings=s,
-                datasets_fn=_datasets(config, train, val, gt, plan, errors_uri),
-                key_extra=dict(key_extra, phase=to_dict(phase), freeze=config.freeze,
-                               after=phases.get(WARP_PHASE, {}).get("plan_key")),
-            )
-        weights = load_phase_weights(config.output, E2E_PHASE)["student"]
-        warp_sd = {k[len("warp."):]: v for k, v in weights.items() if k.startswith("warp.")}
-        gen_sd = {k[len("gen."):]: v for k, v in weights.items() if k.startswith("gen.")}
-        final = phases[E2E_PHASE].get("final_metrics", {})
-        ckpt_uri = storage.join_uri(config.output, STUDENT_FILE)
-        version = save_checkpoint(ckpt_uri, warp=warp_sd, gen=gen_sd, kind="student", meta={
-            "stage": "distill", "data": config.data, "fakes": fakes_uri, "tutor_version": loaded.version,
-            "height": config.height, "width": config.width, "supervision": config.supervision,
-            "distill": config.distill.enabled, "metrics": final,
-        })
-        warp_uri = storage.join_uri(config.output, OFFICIAL_WARP)
-        gen_uri = storage.join_uri(config.output, OFFICIAL_GEN)
-        official = export_official((warp_sd, gen_sd), warp_uri, gen_uri)
-        if official != version:
-            raise StageError(f"distill: exported weights hash to {official}, the checkpoint to {version}")
-        n_errors = tdata.collect_error_rows(config.output, errors)
-        if n_errors:
-            log.warning("distill: %d samples/rows dropped; see %s", n_errors,
-                        storage.join_uri(config.output, tdata.ERRORS_FILE))
-        summary = run_summary(
-            "distill", run_id, config, phases, train_samples=len(train), val_samples=len(val), error_rows=n_errors,
-            errors_uri=storage.join_uri(config.output, tdata.ERRORS_FILE), started=started, final_metrics=final,
-            fakes=fakes_uri, tutor=config.tutor, tutor_version=loaded.version, student_checkpoint=ckpt_uri,
-            official_warp=warp_uri, official_gen=gen_uri, version=version, supervision=config.supervision,
-            distill_enabled=config.distill.enabled, gt_samples=len(gt), **fake_stats,
-        )
-        write_run_summary(config.output, run_id, summary)
-        return summary
-    finally:
-        lock.release()
+    return run_training(config, DistillStage)

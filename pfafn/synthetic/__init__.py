@@ -1,16 +1,16 @@
 """Data for PF-AFN: the procedural synthetic try-on world and the shared label schemes.
 
-``pfafn.data`` is numpy-only (no torch, no Ray) so data-generation workers stay light::
+``pfafn.synthetic`` is numpy-only (no torch, no Ray) so data-generation workers stay light::
 
-    from pfafn.data import SyntheticWorld, WorldConfig
+    from pfafn.synthetic import SyntheticWorld, WorldConfig
     world = SyntheticWorld(n_models=100, n_garments=100, config=WorldConfig(seed=0))
     person = world.render_person(7)          # model 7 in its own garment, with parsing / DensePose / pose
     truth = world.render_person(7, 3)        # model 7 wearing garment 3: exact unpaired ground truth
     garment = world.render_garment(3)        # product photo + exact mask
 """
 
-from pfafn.data import labels
-from pfafn.data.synthetic import (
+from pfafn.synthetic import labels
+from pfafn.synthetic.world import (
     GENERATOR_NAME,
     GarmentRender,
     PersonRender,

@@ -1,4 +1,4 @@
-"""pipelines.viton / jobs.import_viton: a VITON-layout folder (written here from the synthetic world) becomes a dataset
+"""pipelines.stages.import_viton / jobs.import_viton: a VITON-layout folder (written here from the synthetic world) becomes a dataset
 root; bad files and pair lines end as import_errors rows, nothing is lost; local and s3:// alike."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from pfafn import imageio
-from pfafn.data import SyntheticWorld, WorldConfig, encode_openpose_json
-from pipelines import manifests, storage
-from pipelines.errors import StageError
-from pipelines.viton import VitonImportConfig, run
+from pfafn.synthetic import SyntheticWorld, WorldConfig, encode_openpose_json
+from pipelines.core import manifests, storage
+from pipelines.core.errors import StageError
+from pipelines.stages.import_viton import VitonImportConfig, run
 
 H, W = 64, 64
 N_TRAIN, N_TEST = 4, 2
@@ -158,7 +158,7 @@ def check_import(summary: dict, root: str, world: SyntheticWorld) -> dict:
             assert parsing.mode == "L" and np.array_equal(np.asarray(parsing), truth.parsing)
             if m["model_id"] == PALETTE:
                 assert m["parsing_uri"] == storage.join_uri(root, f"parsing/{PALETTE}.png")
-            from pfafn.data import decode_openpose
+            from pfafn.synthetic import decode_openpose
 
             kp = decode_openpose(storage.read_bytes(m["pose_uri"]))
             assert np.allclose(kp, truth.keypoints, atol=1e-3)

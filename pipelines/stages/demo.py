@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import manifests, storage
-from pipelines.config import absolute_paths, build_config
-from pipelines.errors import StageError
+from pipelines.core import manifests, storage
+from pipelines.core.config import ConfigError, absolute_paths, build_config, check_choices, check_size, require
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ class DemoConfig:
     """Config of ``jobs.demo`` (all fields optional)."""
 
     output: str = "runs/demo"
-    preset: str = "tiny"  # the preset of every stage
+    preset: Literal["tiny", "cpu", "published"] = "tiny"  # the preset of every stage
     height: int = 128
     width: int = 96
     persons: int = 48
@@ -39,12 +38,11 @@ class DemoConfig:
     catalog_models: int = 6
 
     def validate(self) -> None:
-        if not self.output:
-            raise StageError("demo: --output is required")
-        if self.height % 32 or self.width % 32:
-            raise StageError("demo: height and width must be multiples of 32")
+        require(self, "demo", "output")
+        check_choices(self, "demo")
+        check_size("demo", self.height, self.width)
         if self.catalog_garments < 1 or self.catalog_models < 1:
-            raise StageError("demo: catalog_garments and catalog_models must be >= 1")
+            raise ConfigError("demo: catalog_garments and catalog_models must be >= 1")
 
 
 PRESETS: dict[str, dict[str, Any]] = {"tiny": {}, "cpu": {"preset": "cpu", "height": 256, "width": 192}}
@@ -71,24 +69,10 @@ def write_catalog_manifests(data: str, dest: str, n_garments: int, n_models: int
     test_models = models.filter(pc.equal(models["split"], "test"))
     gt_uri = storage.join_uri(data, "ground_truth.parquet")
     gt = manifests.load_manifest(gt_uri, "ground_truth").rows if storage.exists(gt_uri) else None
-    model_ids: list[str] = []
-    garment_ids: list[str] = []
-    if gt is not None:
-        for row in gt.to_pylist():
-            if row["model_id"] not in model_ids and len(model_ids) < n_models:
-                model_ids.append(row["model_id"])
-            if row["garment_id"] not in garment_ids and len(garment_ids) < n_garments:
-                garment_ids.append(row["garment_id"])
-    for mid in test_models["model_id"].to_pylist() + models["model_id"].to_pylist():
-        if len(model_ids) >= n_models:
-            break
-        if mid not in model_ids:
-            model_ids.append(mid)
-    for gid in garments["garment_id"].to_pylist():
-        if len(garment_ids) >= n_garments:
-            break
-        if gid not in garment_ids:
-            garment_ids.append(gid)
+    gt_rows = gt.to_pylist() if gt is not None else []
+    model_ids = _first_distinct(n_models, [r["model_id"] for r in gt_rows], test_models["model_id"].to_pylist(),
+                                models["model_id"].to_pylist())
+    garment_ids = _first_distinct(n_garments, [r["garment_id"] for r in gt_rows], garments["garment_id"].to_pylist())
     g_sel = garments.filter(pc.is_in(garments["garment_id"], pa.array(garment_ids)))
     m_sel = models.filter(pc.is_in(models["model_id"], pa.array(model_ids))).select(["model_id", "image_uri"])
     g_uri = storage.join_uri(dest, "garments.parquet")
@@ -98,9 +82,21 @@ def write_catalog_manifests(data: str, dest: str, n_garments: int, n_models: int
     return g_uri, m_uri
 
 
+def _first_distinct(n: int, *sources: list[str]) -> list[str]:
+    """The first ``n`` distinct ids, taken from ``sources`` in order."""
+    out: list[str] = []
+    for ids in sources:
+        for i in ids:
+            if len(out) >= n:
+                return out
+            if i not in out:
+                out.append(i)
+    return out
+
+
 def run(config: DemoConfig) -> dict[str, Any]:
-    from pipelines import catalog, distill, evaluate, synthetic_dataset, train_tutor, tutor_inference
-    from pipelines.ray_env import ensure_ray
+    from pipelines.stages import catalog_tryon, distill, evaluate, generate_synthetic, train_tutor, tutor_inference
+    from pipelines.core.ray_env import ensure_ray
 
     config.validate()
     config = absolute_paths(config, "output")
@@ -113,7 +109,7 @@ def run(config: DemoConfig) -> dict[str, Any]:
     total = 7
     paths = {k: storage.join_uri(out, k) for k in ("data", "tutor", "fakes", "student", "catalog", "tryon", "eval")}
 
-    data = _stage(1, total, "synthetic world", lambda: synthetic_dataset.run(_cfg(synthetic_dataset, {
+    data = _stage(1, total, "synthetic world", lambda: generate_synthetic.run(_cfg(generate_synthetic, {
         "output": paths["data"], "persons": config.persons, "garments": config.garments, "seed": config.seed,
         "parsing_noise": config.parsing_noise, "ground_truth_pairs": config.ground_truth_pairs, **size}, p)))
     workers = {"train": {"num_workers": config.train_workers}}
@@ -127,7 +123,7 @@ def run(config: DemoConfig) -> dict[str, Any]:
     g_uri, m_uri = write_catalog_manifests(paths["data"], paths["catalog"], config.catalog_garments,
                                            config.catalog_models)
     tryon = _stage(5, total, f"catalog try-on {config.catalog_garments}x{config.catalog_models} (Ray Data)",
-                   lambda: catalog.run(_cfg(catalog, {"garments": g_uri, "models": m_uri,
+                   lambda: catalog_tryon.run(_cfg(catalog_tryon, {"garments": g_uri, "models": m_uri,
                                                       "student": student["student_checkpoint"],
                                                       "output": paths["tryon"], **size}, p)))
     report = _stage(6, total, "evaluate against exact ground truth", lambda: evaluate.run(_cfg(evaluate, {

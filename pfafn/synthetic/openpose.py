@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pfafn.data.labels import BODY25_TO_COCO18, NUM_KEYPOINTS
+from pfafn.synthetic.labels import BODY25_TO_COCO18, NUM_KEYPOINTS
 
 LEGACY_KEY = "pose_keypoints"
 CURRENT_KEY = "pose_keypoints_2d"
@@ -42,7 +42,7 @@ def decode_openpose(data: str | bytes | Mapping[str, Any], person: int = 0) -> n
 
     Accepts the legacy ``pose_keypoints`` and the current ``pose_keypoints_2d`` keys, COCO-18 (54 values) or
     BODY_25 (75 values, mapped to COCO-18). A file with no people gives all zeros (every keypoint missing), as
-    the reference loader does. Raises ValueError for anything else.
+    the original loader does. Raises ValueError for anything else.
     """
     if isinstance(data, (str, bytes, bytearray)):
         try:

@@ -71,7 +71,7 @@ def model_actor_plan(device: Device = "auto", actors: int = 0, cpus_per_actor: f
     gpus = cluster_gpus()
     cpus = cluster_cpus()
     if device == "cuda" and gpus == 0:
-        from pipelines.errors import StageError
+        from pipelines.core.errors import StageError
 
         raise StageError("device=cuda was requested but the Ray cluster reports no GPUs")
     use_gpu = device == "cuda" or (device == "auto" and gpus > 0)

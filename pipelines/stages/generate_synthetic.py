@@ -1,4 +1,4 @@
-"""Write a synthetic try-on world (``pfafn.data.synthetic``) as a dataset root that every stage reads via ``--data``.
+"""Write a synthetic try-on world (``pfafn.synthetic.world``) as a dataset root that every stage reads via ``--data``.
 
 Pipeline (reads top to bottom)::
 
@@ -17,7 +17,8 @@ What is written (docs/datasets.md): ``images/models/{model_id}.png`` (model i in
 Split and pairs: the last ``round(persons * test_fraction)`` models (at least one when the fraction is positive and
 there are two or more persons) are the test split. ``train_pairs`` = each train model with the garment it wears.
 ``test_pairs`` = each test model with its own garment (``paired``) plus unpaired pairs: per test model an ordered list
-of other garments, garments no train model wears first (VITON's test garments are unseen in training), drawn from
+of other garments, garments no train model wears first (VITON's test products are not in its training split; Han et
+al., "VITON: An Image-based Virtual Try-on Network", CVPR 2018), drawn from
 ``(seed, model)``; the unpaired pairs are taken round-robin over the test models, ``max(ground_truth_pairs,
 test_models * unpaired_per_model)`` of them. ``ground_truth`` = the first ``ground_truth_pairs`` of those, so every
 ground-truth pair is also an unpaired test pair.
@@ -38,10 +39,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines import dataset_root, manifests, storage
-from pipelines.config import absolute_paths
-from pipelines.locking import new_run_id, write_run_summary
-from pipelines.errors import StageError
+from pipelines import dataset_root
+from pipelines.core import manifests, storage
+from pipelines.core.config import ConfigError, absolute_paths, check_size
+from pipelines.dataset_root import DatasetWriterConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +62,20 @@ _UNPAIRED_STREAM = 0x7E57
 
 
 @dataclass
-class SyntheticDatasetConfig:
+class SyntheticDatasetConfig(DatasetWriterConfig):
     """Config of ``jobs.generate_synthetic``; every field is documented in jobs/configs/generate_synthetic.yaml.
 
-    output              dataset root to write (local folder or s3://bucket/prefix)
+    output, executor, ray_min_items, chunk_size, workers, cpus_per_task   see ``DatasetWriterConfig``; a work unit is
+                        one person, garment or ground-truth render
     persons, garments   numbers of model photos and garment product photos
-    height, width       image size (positive multiples of 32)
+    height, width       image size (PF-AFN's rule: multiples of 32, at least 64)
     seed                the world's seed (same settings -> byte-identical dataset)
     parsing_noise       parser imitation in parsing/ (0 = exact parsing; see docs/synthetic-world.md)
     ground_truth_pairs  unpaired (test model, other garment) pairs rendered exactly under ground_truth/
     test_fraction       share of the models in the test split (the last indices)
     unpaired_per_model  unpaired test pairs per test model (at least; more when ground_truth_pairs needs them)
-    executor            auto | local | ray: where renders run; auto = Ray when the work has >= ray_min_items units
-    ray_min_items       work units (person renders + garment renders + ground-truth renders) from which auto uses Ray
-    chunk_size          work units per task (one Ray task or one thread job)
-    workers             threads for the in-process executor (render, PNG encode and storage writes overlap)
-    cpus_per_task       CPUs each Ray task reserves
     """
 
-    output: str = ""
     persons: int = 200
     garments: int = 100
     height: int = 256
@@ -89,38 +85,30 @@ class SyntheticDatasetConfig:
     ground_truth_pairs: int = 200
     test_fraction: float = 0.2
     unpaired_per_model: int = 1
-    executor: str = "auto"
-    ray_min_items: int = 512
-    chunk_size: int = 32
-    workers: int = 4
-    cpus_per_task: float = 1.0
 
     def validate(self) -> None:
-        if not self.output:
-            raise StageError("generate_synthetic: --output is required")
-        for name in ("persons", "garments"):
-            if getattr(self, name) < 1:
-                raise StageError(f"generate_synthetic: {name} must be >= 1, got {getattr(self, name)}")
-        for name, value in (("height", self.height), ("width", self.width)):
-            if value < 64 or value % 32:
-                raise StageError(f"generate_synthetic: {name} must be a multiple of 32 and at least 64 (the networks' "
-                                 f"coarsest level needs it), got {value}")
+        where = "generate_synthetic"
+        self.check_writer(where)
+        # The world renders other sizes too, but every stage that reads this dataset trains or runs PF-AFN.
+        check_size(where, self.height, self.width)
+        problems = [
+            f"{name} must be >= 1, got {getattr(self, name)}" for name in ("persons", "garments")
+            if getattr(self, name) < 1
+        ]
         if self.seed < 0:
-            raise StageError(f"generate_synthetic: seed must be >= 0, got {self.seed}")
+            problems.append(f"seed must be >= 0, got {self.seed}")
         if not 0.0 <= self.parsing_noise <= 1.0:
-            raise StageError(f"generate_synthetic: parsing_noise must be within [0, 1], got {self.parsing_noise}")
+            problems.append(f"parsing_noise must be within [0, 1], got {self.parsing_noise}")
         if self.ground_truth_pairs < 0 or self.unpaired_per_model < 0:
-            raise StageError("generate_synthetic: ground_truth_pairs and unpaired_per_model must be >= 0")
+            problems.append("ground_truth_pairs and unpaired_per_model must be >= 0")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise StageError(f"generate_synthetic: test_fraction must be within [0, 1), got {self.test_fraction}")
-        if self.executor not in dataset_root.EXECUTORS:
-            raise StageError(f"generate_synthetic: executor must be one of {', '.join(dataset_root.EXECUTORS)}")
-        if self.chunk_size < 1 or self.workers < 1 or self.ray_min_items < 0 or self.cpus_per_task <= 0:
-            raise StageError("generate_synthetic: chunk_size and workers must be >= 1, ray_min_items >= 0, "
-                             "cpus_per_task > 0")
+            problems.append(f"test_fraction must be within [0, 1), got {self.test_fraction}")
+        if problems:
+            raise ConfigError(f"{where}: {problems[0]}")
 
 
-# VITON: 14,221 train + 2,032 test pairs at 256x192; ground truth for every unpaired test pair.
+# "published": VITON's size, 14,221 train + 2,032 test pairs at 256x192 (Han et al., CVPR 2018); ground truth for
+# every unpaired test pair.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"persons": 8, "garments": 8, "height": 128, "width": 96, "ground_truth_pairs": 4, "test_fraction": 0.25},
     "cpu": {"persons": 1000, "garments": 1000, "height": 256, "width": 192, "ground_truth_pairs": 200,
@@ -195,7 +183,7 @@ def plan_world(config: SyntheticDatasetConfig) -> WorldPlan:
 
 def world_json(config: SyntheticDatasetConfig, plan: WorldPlan) -> dict[str, Any]:
     """The identity of the dataset: every setting that changes a byte of it, and its counts."""
-    from pfafn.data import GENERATOR_NAME
+    from pfafn.synthetic import GENERATOR_NAME
 
     return {
         "format": dataset_root.DATASET_FORMAT,
@@ -237,70 +225,70 @@ def _gid(j: int) -> str:
     return f"g{j:05d}"
 
 
+MODEL_FILES = (MODEL_IMAGE, PARSING, POSE, DENSEPOSE)
+GARMENT_FILES = (GARMENT_IMAGE, GARMENT_MASK)
+
+
 def model_files(i: int) -> list[str]:
-    mid = _mid(i)
-    return [p.format(mid=mid) for p in (MODEL_IMAGE, PARSING, POSE, DENSEPOSE)]
+    return [p.format(mid=_mid(i)) for p in MODEL_FILES]
 
 
 def garment_files(j: int) -> list[str]:
-    gid = _gid(j)
-    return [GARMENT_IMAGE.format(gid=gid), GARMENT_MASK.format(gid=gid)]
+    return [p.format(gid=_gid(j)) for p in GARMENT_FILES]
 
 
 def gt_file(i: int, j: int) -> str:
     return GROUND_TRUTH.format(mid=_mid(i), gid=_gid(j))
 
 
+def _png(a: np.ndarray) -> bytes:
+    from pfafn import imageio
+
+    return imageio.encode_png(a, compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _model_outputs(world, i: int, noisy: bool) -> dict[str, Any]:
+    """``relative path -> make bytes`` of model ``i``'s files (one render, encoded lazily per missing file)."""
+    from pfafn.synthetic import encode_openpose_json
+
+    p = world.render_person(i)
+    # noisy_parsing(parsing_noise=0) is an exact copy; skip its cost (~40% of a render)
+    parsing = (lambda: world.noisy_parsing(i, parsing=p.parsing)) if noisy else (lambda: p.parsing)
+    makers = (lambda: _png(p.image), lambda: _png(parsing()),
+              lambda: encode_openpose_json(p.keypoints).encode("utf-8"), lambda: _png(p.densepose))
+    return dict(zip(model_files(i), makers))
+
+
+def _garment_outputs(world, j: int) -> dict[str, Any]:
+    g = world.render_garment(j)
+    return dict(zip(garment_files(j), (lambda: _png(g.image), lambda: _png(g.mask))))
+
+
 def render_chunk(spec: dict, items: list) -> dict:
     """Render and write one chunk. ``items``: ``["model", i, missing]``, ``["garment", j, missing]`` or
     ``["gt", i, j, missing]`` where ``missing`` lists the relative paths still to write."""
-    from pfafn import imageio
-    from pfafn.data import SyntheticWorld, WorldConfig, encode_openpose_json
+    from pfafn.synthetic import SyntheticWorld, WorldConfig
 
     started = time.perf_counter()
     world = SyntheticWorld(spec["persons"], spec["garments"],
                            WorldConfig(height=spec["height"], width=spec["width"], seed=spec["seed"],
                                        parsing_noise=spec["parsing_noise"]))
-    root = spec["root"]
-    noisy = spec["parsing_noise"] > 0
-
-    def png(a) -> bytes:
-        return imageio.encode_png(a, compress_level=PNG_COMPRESS_LEVEL)
-
     written = renders = 0
     for item in items:
-        kind = item[0]
-        out: dict[str, bytes] = {}
+        kind, missing = item[0], set(item[-1])
         if kind == "model":
-            i, missing = item[1], set(item[2])
-            p = world.render_person(i)
-            mid = _mid(i)
-            wanted = {
-                MODEL_IMAGE.format(mid=mid): lambda: png(p.image),
-                # noisy_parsing(parsing_noise=0) is an exact copy; skip its cost (~40% of a render)
-                PARSING.format(mid=mid): lambda: png(world.noisy_parsing(i, parsing=p.parsing) if noisy else p.parsing),
-                POSE.format(mid=mid): lambda: encode_openpose_json(p.keypoints).encode("utf-8"),
-                DENSEPOSE.format(mid=mid): lambda: png(p.densepose),
-            }
-            out = {rel: make() for rel, make in wanted.items() if rel in missing}
+            outputs = _model_outputs(world, item[1], spec["parsing_noise"] > 0)
         elif kind == "garment":
-            j, missing = item[1], set(item[2])
-            g = world.render_garment(j)
-            gid = _gid(j)
-            wanted = {
-                GARMENT_IMAGE.format(gid=gid): lambda: png(g.image),
-                GARMENT_MASK.format(gid=gid): lambda: png(g.mask),
-            }
-            out = {rel: make() for rel, make in wanted.items() if rel in missing}
+            outputs = _garment_outputs(world, item[1])
         elif kind == "gt":
-            i, j = item[1], item[2]
-            out = {gt_file(i, j): png(world.render_person(i, j).image)}
+            outputs = {gt_file(item[1], item[2]): lambda i=item[1], j=item[2]: _png(world.render_person(i, j).image)}
         else:  # pragma: no cover - planner bug
             raise ValueError(f"unknown work item {item!r}")
         renders += 1
-        for rel, data in out.items():
-            storage.write_bytes(storage.join_uri(root, rel), data)
-            written += 1
+        for rel, make in outputs.items():
+            if rel in missing:
+                storage.write_bytes(storage.join_uri(spec["root"], rel), make())
+                written += 1
     return {"renders": renders, "files_written": written, "seconds": time.perf_counter() - started}
 
 
@@ -356,18 +344,13 @@ def _work_items(plan: WorldPlan, existing: set[str]) -> tuple[list[list], int]:
     """Work items for every render with a missing file, and the number of files already present."""
     items: list[list] = []
     present = 0
-    for i in range(plan.persons):
-        files = model_files(i)
-        missing = [f for f in files if f not in existing]
-        present += len(files) - len(missing)
-        if missing:
-            items.append(["model", i, missing])
-    for g in range(plan.garments):
-        files = garment_files(g)
-        missing = [f for f in files if f not in existing]
-        present += len(files) - len(missing)
-        if missing:
-            items.append(["garment", g, missing])
+    for kind, count, files_of in (("model", plan.persons, model_files), ("garment", plan.garments, garment_files)):
+        for k in range(count):
+            files = files_of(k)
+            missing = [f for f in files if f not in existing]
+            present += len(files) - len(missing)
+            if missing:
+                items.append([kind, k, missing])
     for i, g in plan.ground_truth:  # sorted by model so a chunk reuses the model's sampled body
         rel = gt_file(i, g)
         if rel in existing:
@@ -381,63 +364,50 @@ def _chunks(items: list[list], size: int) -> list[list]:
     def key(it):
         return (0 if it[0] == "model" else 1 if it[0] == "garment" else 2, it[1], it[2] if it[0] == "gt" else 0)
 
-    ordered = sorted(items, key=key)
-    return [ordered[k:k + size] for k in range(0, len(ordered), size)]
+    return dataset_root.chunked(sorted(items, key=key), size)
 
 
 def run(config: SyntheticDatasetConfig) -> dict[str, Any]:
     """Generate (or finish, or verify) the dataset root; returns (and writes under the root) the run summary."""
     config.validate()
     config = absolute_paths(config, "output")
-    started = time.perf_counter()
-    root = dataset_root.normalize_root(config.output)
-    run_id = new_run_id()
-    timings: dict[str, float] = {}
-    try:
-        t0 = time.perf_counter()
+    job = dataset_root.WriterRun("generate_synthetic", config.output)
+    with job.step("plan_s"):
         plan = plan_world(config)
         world = world_json(config, plan)
-        storage.makedirs(root)
-        created = dataset_root.claim_root(root, world)
-        existing = set() if created else dataset_root.relative_listing(root)
-        items, present = _work_items(plan, existing)
-        timings["plan_s"] = round(time.perf_counter() - t0, 3)
-
-        t0 = time.perf_counter()
-        executor = dataset_root.choose_executor(config.executor, len(items), config.ray_min_items)
-        spec = {"root": root, "persons": config.persons, "garments": config.garments, "height": config.height,
+        storage.makedirs(job.root)
+        created = dataset_root.claim_root(job.root, world)
+        items, present = _work_items(plan, set() if created else dataset_root.relative_listing(job.root))
+    with job.step("render_s"):
+        log.info("generate_synthetic %s: %d persons x %d garments at %dx%d into %s: %d renders to do, %d files "
+                 "already there", job.run_id, config.persons, config.garments, config.height, config.width, job.root,
+                 len(items), present)
+        spec = {"root": job.root, "persons": config.persons, "garments": config.garments, "height": config.height,
                 "width": config.width, "seed": config.seed, "parsing_noise": float(config.parsing_noise)}
-        chunks = _chunks(items, config.chunk_size)
-        log.info("generate_synthetic %s: %d persons x %d garments at %dx%d into %s: %d renders to do in %d chunks "
-                 "(%s), %d files already there", run_id, config.persons, config.garments, config.height, config.width,
-                 root, len(items), len(chunks), executor, present)
-        results = dataset_root.run_chunks(render_chunk, spec, chunks, executor=executor, workers=config.workers,
-                                          cpus_per_task=config.cpus_per_task, what="render")
-        renders = sum(r["renders"] for r in results)
-        written = sum(r["files_written"] for r in results)
-        timings["render_s"] = round(time.perf_counter() - t0, 3)
-        timings["render_task_s"] = round(sum(r["seconds"] for r in results), 3)
+        results = job.execute(render_chunk, spec, _chunks(items, config.chunk_size), config, units=len(items),
+                              what="render")
+    job.timings["render_task_s"] = round(sum(r["seconds"] for r in results), 3)
+    with job.step("manifests_s"):
+        manifests_written = dataset_root.write_manifests(job.root, build_manifests(job.root, plan))
+    renders = sum(r["renders"] for r in results)
+    summary = job.summary(
+        dataset_root.MANIFEST_FILES, **_summary_fields(config, plan, world["counts"]),
+        world=storage.join_uri(job.root, dataset_root.WORLD_JSON),
+        files_written=sum(r["files_written"] for r in results), files_skipped=present, renders=renders,
+        manifests_written=manifests_written, created=created, chunks=job.chunks,
+        renders_per_s=round(renders / job.timings["render_s"], 2) if renders and job.timings["render_s"] > 0 else 0.0,
+    )
+    if world["counts"]["ground_truth"] < config.ground_truth_pairs:
+        summary["warning"] = (f"only {world['counts']['ground_truth']} of {config.ground_truth_pairs} ground-truth "
+                              f"pairs are possible with {world['counts']['test_models']} test models x "
+                              f"{config.garments - 1} other garments")
+        log.warning(summary["warning"])
+    return job.finish(summary)
 
-        t0 = time.perf_counter()
-        tables = build_manifests(root, plan)
-        manifests_written = []
-        for kind, table in tables.items():
-            if dataset_root.write_manifest_if_changed(table, dataset_root.manifest_uri(root, kind), kind):
-                manifests_written.append(kind)
-        timings["manifests_s"] = round(time.perf_counter() - t0, 3)
-    except storage.StorageError as exc:
-        raise StageError(f"generate_synthetic: storage error: {exc}") from None
 
-    elapsed = time.perf_counter() - started
-    timings["total_s"] = round(elapsed, 3)
-    counts = world["counts"]
-    summary: dict[str, Any] = {
-        "stage": "generate_synthetic",
-        "run_id": run_id,
-        "output": root,
-        "data": root,
-        "world": storage.join_uri(root, dataset_root.WORLD_JSON),
-        "manifests": {kind: dataset_root.manifest_uri(root, kind) for kind in dataset_root.MANIFEST_FILES},
+def _summary_fields(config: SyntheticDatasetConfig, plan: WorldPlan, counts: dict[str, int]) -> dict[str, Any]:
+    """The summary's description of the world: its settings and counts."""
+    return {
         "persons": config.persons,
         "garments": config.garments,
         "height": config.height,
@@ -454,25 +424,5 @@ def run(config: SyntheticDatasetConfig) -> dict[str, Any]:
         "ground_truth_pairs": counts["ground_truth"],
         "ground_truth_pairs_requested": config.ground_truth_pairs,
         "files_total": 4 * plan.persons + 2 * plan.garments + len(plan.ground_truth),
-        "files_written": written,
-        "files_skipped": present,
-        "renders": renders,
-        "manifests_written": manifests_written,
-        "created": created,
-        "executor": executor,
-        "chunks": len(chunks),
-        "timings": timings,
-        "wall_s": round(elapsed, 3),
-        "renders_per_s": round(renders / timings["render_s"], 2) if renders and timings["render_s"] > 0 else 0.0,
         "config": dataclasses.asdict(config),
     }
-    if counts["ground_truth"] < config.ground_truth_pairs:
-        summary["warning"] = (f"only {counts['ground_truth']} of {config.ground_truth_pairs} ground-truth pairs are "
-                              f"possible with {counts['test_models']} test models x {config.garments - 1} other "
-                              "garments")
-        log.warning(summary["warning"])
-    try:
-        write_run_summary(root, run_id, summary)
-    except storage.StorageError as exc:
-        raise StageError(f"generate_synthetic: storage error writing the summary: {exc}") from None
-    return summary

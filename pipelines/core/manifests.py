@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import storage
+from pipelines.core import storage
 
 __all__ = [
     "ID_PATTERN",
@@ -472,33 +472,45 @@ def validate_table(table: pa.Table, kind: str | ManifestSpec, *, base_dir: str |
     """Conform ``table`` to the kind's schema and split good rows from rejected ones (see the module docstring).
 
     ``base_dir`` resolves relative URIs (None: relative to the current directory). Structural problems raise
-    :class:`ManifestError`; every bad row becomes one row of ``rejected`` with a one-line reason.
+    :class:`ManifestError`; every bad row becomes one row of ``rejected`` with a one-line reason. A row is rejected
+    for its first problem, checked in this order: ids, enums, URIs, duplicate key.
     """
     spec = _spec(kind)
     raw = table
     table = conform(table, spec, uri=source)
-    n = table.num_rows
-    reasons: list[str | None] = [None] * n
+    reasons: list[str | None] = [None] * table.num_rows
+    _check_ids(table, spec, reasons)
+    _check_enums(table, spec, reasons)
+    table = _resolve_uri_columns(table, spec, base_dir, reasons)
+    _check_keys(table, spec, reasons)
+    if all(r is None for r in reasons):
+        return ManifestLoad(spec.name, source, table, error_table([]))
+    keep = pa.array([r is None for r in reasons])
+    return ManifestLoad(spec.name, source, table.filter(keep), _rejected(raw, table, spec, source, reasons))
 
-    def reject(indices: Iterable[int], why) -> None:
-        for i in indices:
-            if reasons[i] is None:
-                reasons[i] = why(i)
 
-    # Ids: vectorised screen with RE2, exact reasons only for the failures.
+def _reject(reasons: list[str | None], indices: Iterable[int], why) -> None:
+    """Give each row in ``indices`` the reason ``why(i)`` unless it already has one."""
+    for i in indices:
+        if reasons[i] is None:
+            reasons[i] = why(i)
+
+
+def _check_ids(table: pa.Table, spec: ManifestSpec, reasons: list[str | None]) -> None:
+    """Vectorised screen with RE2; exact reasons are worked out only for the failures."""
     for name in spec.id_columns + spec.optional_id_columns:
         col = table.column(name)
         ok = pc.and_kleene(pc.match_substring_regex(col, ID_PATTERN), pc.invert(pc.match_substring(col, "..")))
         if name in spec.optional_id_columns:
             ok = pc.or_kleene(ok, pc.is_null(col))
-        ok = pc.fill_null(ok, False)
-        bad = pc.indices_nonzero(pc.invert(ok)).to_pylist()
+        bad = pc.indices_nonzero(pc.invert(pc.fill_null(ok, False))).to_pylist()
         if bad:
             values = col.to_pylist()
-            reject(bad, lambda i, values=values, name=name: f"missing {name}" if values[i] is None
-                   else f"{name} {_show(values[i])}: {_id_problem(values[i])}")
+            _reject(reasons, bad, lambda i, values=values, name=name: f"missing {name}" if values[i] is None
+                    else f"{name} {_show(values[i])}: {_id_problem(values[i])}")
 
-    # Enums.
+
+def _check_enums(table: pa.Table, spec: ManifestSpec, reasons: list[str | None]) -> None:
     for name, allowed in spec.enums.items():
         col = table.column(name)
         outside = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array(allowed, pa.string()))))
@@ -506,65 +518,68 @@ def validate_table(table: pa.Table, kind: str | ManifestSpec, *, base_dir: str |
         if name in spec.required:
             bad = sorted(set(bad) | set(pc.indices_nonzero(pc.is_null(col)).to_pylist()))
         values = col.to_pylist() if bad else []
-        reject(bad, lambda i, values=values, name=name, allowed=allowed:
-               f"{name} {_show(values[i])} not one of {', '.join(allowed)}")
+        _reject(reasons, bad, lambda i, values=values, name=name, allowed=allowed:
+                f"{name} {_show(values[i])} not one of {', '.join(allowed)}")
 
-    # URIs: required non-empty, relative ones resolved against the manifest directory.
+
+def _resolve_uri_columns(table: pa.Table, spec: ManifestSpec, base_dir: str | None, reasons: list[str | None]
+                         ) -> pa.Table:
+    """``table`` with every URI column resolved (relative ones against ``base_dir``); empty required URIs and
+    unresolvable ones are rejected."""
     status = table.column("status").to_pylist() if spec.uri_required_when_ok else None
-    new_uri_columns: dict[str, list] = {}
+    resolved_columns: dict[str, list] = {}
     for name in spec.uri_columns:
-        values = table.column(name).to_pylist()
         required = name in spec.required_uris
-        out: list[str | None] = [None] * n
-        for i, v in enumerate(values):
-            empty = v is None or not str(v).strip()
-            if empty:
+        out: list[str | None] = [None] * table.num_rows
+        for i, v in enumerate(table.column(name).to_pylist()):
+            if v is None or not str(v).strip():
                 needed = required or (name in spec.uri_required_when_ok and status is not None and status[i] == "ok")
-                if needed and reasons[i] is None:
-                    reasons[i] = f"empty {name}"
+                if needed:
+                    _reject(reasons, [i], lambda _, name=name: f"empty {name}")
                 continue
             resolved, why = _resolve_uri(str(v), base_dir)
             if why is not None:
-                if reasons[i] is None:
-                    reasons[i] = f"{name} {_show(v)}: {why}"
+                _reject(reasons, [i], lambda _, name=name, v=v, why=why: f"{name} {_show(v)}: {why}")
                 continue
             out[i] = resolved
-        new_uri_columns[name] = out
-    for name, out in new_uri_columns.items():
+        resolved_columns[name] = out
+    for name, out in resolved_columns.items():
         idx = table.schema.get_field_index(name)
         table = table.set_column(idx, table.schema.field(name), pa.array(out, pa.string()))
+    return table
 
-    # Duplicate keys among otherwise valid rows: the first occurrence wins.
-    if spec.key:
-        keys = list(zip(*(table.column(k).to_pylist() for k in spec.key)))
-        first: dict[tuple, int] = {}
-        for i, k in enumerate(keys):
-            if reasons[i] is not None:
-                continue
-            if k in first:
-                label = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, k))
-                reasons[i] = f"duplicate {label} (first at row {first[k]})"
-            else:
-                first[k] = i
 
-    bad_idx = [i for i, r in enumerate(reasons) if r is not None]
-    if not bad_idx:
-        return ManifestLoad(spec.name, source, table, error_table([]))
-    keep = pa.array([r is None for r in reasons])
+def _check_keys(table: pa.Table, spec: ManifestSpec, reasons: list[str | None]) -> None:
+    """Duplicate keys among otherwise valid rows: the first occurrence wins."""
+    if not spec.key:
+        return
+    first: dict[tuple, int] = {}
+    for i, k in enumerate(zip(*(table.column(k).to_pylist() for k in spec.key))):
+        if reasons[i] is not None:
+            continue
+        if k in first:
+            label = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, k))
+            reasons[i] = f"duplicate {label} (first at row {first[k]})"
+        else:
+            first[k] = i
+
+
+def _rejected(raw: pa.Table, table: pa.Table, spec: ManifestSpec, source: str | None, reasons: list[str | None]
+              ) -> pa.Table:
+    """The :data:`ERRORS_SCHEMA` rows of the rejected rows, each with the row as it was read."""
     id_col = spec.id_columns[0] if spec.id_columns else None
-    ids = table.column(id_col).to_pylist() if id_col else [None] * n
-    rejected = error_table(
+    ids = table.column(id_col).to_pylist() if id_col else [None] * table.num_rows
+    return error_table(
         {
             "manifest": spec.name,
             "source_uri": source,
             "row_index": i,
             "id": None if ids[i] is None else str(ids[i]),
-            "error": reasons[i],
+            "error": reason,
             "row_json": _row_json(raw, i),
         }
-        for i in bad_idx
+        for i, reason in enumerate(reasons) if reason is not None
     )
-    return ManifestLoad(spec.name, source, table.filter(keep), rejected)
 
 
 def load_manifest(uri: str, kind: str) -> ManifestLoad:

@@ -7,14 +7,18 @@ URIs
     * ``/abs/path``, ``rel/path`` (resolved against the current directory) and ``file:///abs/path`` are local.
     * ``s3://bucket/key`` is S3. The scheme is case-insensitive; nothing else is accepted.
 
-S3 configuration comes **only** from the standard AWS environment and config files, never from code:
+S3 configuration comes **only** from the standard AWS environment and config files, never from code, and botocore
+resolves it (the rules of the AWS CLI and boto3; this module parses no config file):
     * endpoint: ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else ``endpoint_url`` of the active profile
       (``services`` section or the profile itself); unset means AWS itself. ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true``
-      disables all of these, as in botocore.
+      disables all of these. s3fs gets the resolved endpoint as well, and pyarrow's ``S3FileSystem``, which does not
+      read these settings itself, gets it as ``endpoint_override``.
     * credentials: the default chains of botocore (s3fs) and of the AWS C++ SDK (pyarrow) — ``AWS_ACCESS_KEY_ID`` /
       ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` + shared config files, web identity (IRSA on
       EKS), container and instance metadata. This module never reads secret values except to fingerprint them for the
       per-process cache (a truncated SHA-256 kept in memory), and never logs them.
+    * profile: ``AWS_PROFILE``, else ``AWS_DEFAULT_PROFILE``; an unknown profile or an unparsable config file is a
+      :class:`StorageError`.
     * region: ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else the profile's ``region``.
 
 Filesystem instances are cached per process (keyed by the pid and the settings above, so a forked worker or a
@@ -37,8 +41,8 @@ matching builtin (``FileNotFoundError``, ``PermissionError``, ``FileExistsError`
 """
 from __future__ import annotations
 
-import configparser
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -292,58 +296,62 @@ def _env(name: str) -> str | None:
     return value if value else None
 
 
-def _profile_config(profile: str | None) -> tuple[dict, dict]:
-    """``(scoped profile section, services sections)`` from the shared AWS config file; empty when absent."""
-    path = os.path.expanduser(_env("AWS_CONFIG_FILE") or "~/.aws/config")
-    if not os.path.isfile(path):
-        return {}, {}
-    parser = configparser.RawConfigParser()
-    try:
-        parser.read(path)
-    except configparser.Error as exc:
-        raise StorageError(f"unreadable AWS config file ({_one_line(exc, 120)})", path) from None
-    name = profile or "default"
-    section = "default" if name == "default" else f"profile {name}"
-    scoped = dict(parser.items(section)) if parser.has_section(section) else {}
-    services: dict[str, dict] = {}
-    services_name = scoped.get("services")
-    if services_name and parser.has_section(f"services {services_name}"):
-        # Nested "s3 =\n  endpoint_url = ..." blocks come back as one multi-line value.
-        for key, value in parser.items(f"services {services_name}"):
-            nested = {}
-            for line in value.splitlines():
-                if "=" in line:
-                    k, v = line.split("=", 1)
-                    nested[k.strip()] = v.strip()
-            services[key.strip()] = nested
-    return scoped, services
-
-
-def s3_settings() -> S3Settings:
-    """Resolve endpoint, region and profile from the environment / AWS config (see the module docstring)."""
-    profile = _env("AWS_PROFILE") or _env("AWS_DEFAULT_PROFILE")
-    ignore_configured = (_env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") or "").lower() == "true"
-    endpoint = None
-    scoped: dict = {}
-    services: dict = {}
-    if not ignore_configured:
-        endpoint = _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
-    if endpoint is None or not (_env("AWS_REGION") or _env("AWS_DEFAULT_REGION")):
-        scoped, services = _profile_config(profile)
-    if endpoint is None and not ignore_configured:
-        endpoint = services.get("s3", {}).get("endpoint_url") or scoped.get("endpoint_url") or None
-    if endpoint is not None:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidURIError("S3 endpoint must look like http(s)://host[:port]", endpoint)
-    region = _env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or scoped.get("region") or None
+def _credentials_fingerprint() -> str:
     digest = hashlib.sha256()
     for name in _SECRET_ENV:
         digest.update(name.encode())
         digest.update(b"\x00")
         digest.update((os.environ.get(name) or "").encode())
         digest.update(b"\x01")
-    return S3Settings(endpoint, region, profile, digest.hexdigest()[:16])
+    return digest.hexdigest()[:16]
+
+
+def _resolution_key() -> str:
+    """What botocore's answer depends on: the ``AWS_*`` environment and the state of the shared config file (hashed,
+    so the cache holds no credential value)."""
+    config_file = os.path.expanduser(_env("AWS_CONFIG_FILE") or "~/.aws/config")
+    try:
+        st = os.stat(config_file)
+        stamp: tuple | None = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    return hashlib.sha256(repr((env, config_file, stamp)).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)  # two client creations cost ~0.1 s; every read and write asks for the settings
+def _botocore_endpoint_and_region(profile: str | None, key: str) -> tuple[str | None, str | None]:
+    """``(endpoint_url, or None for AWS itself; region or None)`` as botocore resolves them for an S3 client under
+    the environment ``key`` stands for. The endpoint counts as configured when it differs from the one a client gets
+    with configured endpoints ignored."""
+    import botocore.exceptions
+    import botocore.session
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    try:
+        session = botocore.session.Session(profile=profile)
+        region = session.get_config_variable("region")
+        # Unsigned clients: resolving an endpoint must not run the credential chain (instance metadata, SSO...).
+        configured = session.create_client("s3", region_name=region, config=Config(signature_version=UNSIGNED))
+        default = session.create_client("s3", region_name=region, config=Config(
+            signature_version=UNSIGNED, ignore_configured_endpoint_urls=True))
+    except botocore.exceptions.BotoCoreError as exc:  # unknown profile, unparsable config file, missing services
+        raise StorageError(f"AWS configuration: {_one_line(exc, 200)}") from None
+    endpoint = configured.meta.endpoint_url
+    return (None if endpoint == default.meta.endpoint_url else endpoint), region
+
+
+def s3_settings() -> S3Settings:
+    """Endpoint, region and profile of this process's S3 clients, as botocore resolves them (module docstring)."""
+    profile = _env("AWS_PROFILE") or _env("AWS_DEFAULT_PROFILE")
+    endpoint, region = _botocore_endpoint_and_region(profile, _resolution_key())
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidURIError("S3 endpoint must look like http(s)://host[:port]", endpoint)
+    # AWS_REGION first, as the AWS C++ SDK (pyarrow) reads it; botocore itself reads only AWS_DEFAULT_REGION.
+    return S3Settings(endpoint, _env("AWS_REGION") or region, profile, _credentials_fingerprint())
 
 
 _cache_lock = threading.Lock()
@@ -354,6 +362,7 @@ def clear_filesystem_cache() -> None:
     """Forget every cached filesystem instance of this process (the next call builds fresh clients)."""
     with _cache_lock:
         _fs_cache.clear()
+    _botocore_endpoint_and_region.cache_clear()
 
 
 def _cached(kind: str, settings: S3Settings | None, build):
@@ -584,12 +593,16 @@ def _write_tmp(path: str, data: bytes, fsync: bool) -> str:
             if fsync:
                 os.fsync(fh.fileno())
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
     return tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
@@ -615,10 +628,7 @@ def write_bytes(uri: str, data: bytes, *, fsync: bool = True) -> None:
             try:
                 os.replace(tmp, path)
             except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                _unlink_quietly(tmp)
                 raise
             if fsync:
                 _fsync_dir(os.path.dirname(path))
@@ -679,10 +689,7 @@ def _local_create_exclusive(path: str, data: bytes) -> bool:
         _fsync_dir(os.path.dirname(path))
         return True
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
 
 
 def _local_create_excl_fallback(path: str, data: bytes) -> bool:

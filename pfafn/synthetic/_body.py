@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pfafn.data import labels as L
-from pfafn.data._garment import DESIGN_W, GarmentSpec, Layout, plane_to_product_px
-from pfafn.data._raster import F32, Box, Canvas, SmoothProfile, box_around, capsule, clamp, ellipse_sd, hsv, mix
+from pfafn.synthetic import labels as L
+from pfafn.synthetic._garment import DESIGN_W, GarmentSpec, Layout, plane_to_product_px
+from pfafn.synthetic._raster import F32, Box, Canvas, SmoothProfile, box_around, capsule, clamp, ellipse_sd, hsv, mix
 
 HAIR_STYLES = ("short", "bob", "long", "long_front", "bun")
 ARM_POSES = ("down", "relaxed", "front", "hip")

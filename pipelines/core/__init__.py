@@ -1,0 +1,1 @@
+"""Shared infrastructure of every stage: config, errors, storage, manifests, run locks, Ray set-up, galleries."""
