@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pipelines.core.config import (
     ConfigError, choice_options, field_type, lookup, resolve_config, show_value, summary_line, to_dict,
 )
-from pipelines.core.errors import StageError
+from pipelines.core.errors import error_line, is_expected
 
 PRESET_HELP = {"tiny": "seconds (tests, demo)", "cpu": "minutes on a laptop", "published": "the paper's settings"}
 _UNSET = object()
@@ -217,15 +217,18 @@ def run_stage(
 ) -> int:
     """Resolve the config, run the stage, print the summary; return the process exit code.
 
-    A ConfigError or StageError is one ``error:`` line on stderr and exit 2; when the stage attached the summary it
-    had got to (``exc.summary``), that is still printed. A summary whose exit code is not 0 may say why in
-    ``summary["error"]``, printed as the one ``error:`` line."""
+    Every expected failure (:func:`pipelines.core.errors.expected_errors`: bad config, lock held or lost, manifest
+    missing or malformed, storage unreachable or denied ...) is one ``error:`` line on stderr and exit 2, no
+    traceback; when the stage attached the summary it had got to (``exc.summary``), that is still printed. Exit 1 is
+    only "error rate exceeded" (a summary whose exit code is not 0 may say why in ``summary["error"]``, printed as
+    the one ``error:`` line). An unexpected exception is a bug: its traceback is logged, then the ``error:`` line and
+    exit 2 (never 1, which schedulers read as "error rate exceeded")."""
     setup_logging()
     try:
         config = resolve_config(config_cls, presets, preset=getattr(args, "preset", None), config_file=args.config,
                                 overrides=args.overrides, explicit=explicit, extend=extend)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     if args.print_config:
         import yaml
@@ -235,8 +238,12 @@ def run_stage(
     started = time.time()
     try:
         summary = dict(run(config))
-    except (ConfigError, StageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not is_expected(exc):  # a bug: its traceback is the report, but exit 1 stays "error rate exceeded"
+            log.exception("unexpected failure (a bug; please report it with this traceback)")
+            print(f"error: internal error: {type(exc).__name__}: {error_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         if getattr(exc, "summary", None) is not None:
             emit_summary(exc.summary)
         return 2

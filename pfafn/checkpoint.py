@@ -29,6 +29,7 @@ import io
 import json
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
@@ -133,13 +134,15 @@ def _write_bytes(dest: Destination, data: bytes) -> None:
 
         fs, fs_path = fsspec.core.url_to_fs(path)
         if not isinstance(fs, LocalFileSystem):
-            with fs.open(fs_path, "wb") as f:  # object stores publish the object only on close
-                f.write(data)
+            # One PUT (or a multipart upload aborted on any error): the object appears whole or not at all. Not
+            # ``with fs.open(path, "wb")``: its ``__exit__`` closes the file even when the block raised, which
+            # uploads what was buffered so far and replaces a good checkpoint with a truncated one.
+            fs.pipe_file(fs_path, data)
             return
         path = fs_path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")  # unique per writer
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -144,15 +144,16 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def _describe_non_image(data: bytes) -> str:
+    """What the bytes look like, never what they say: an error reason ends up in result rows, logs and galleries, so
+    quoting the data would leak the start of whatever file a manifest pointed at (a credentials file, a token)."""
     head = bytes(data[:256])
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
-        snippet = " ".join(text.split())[:40]
-        return f"not an image: looks like text ({snippet!r})"
-    return f"not an image: unrecognised data starting {head[:8].hex()}"
+        return f"not an image: looks like text ({len(data)} bytes)"
+    return f"not an image: unrecognised binary data ({len(data)} bytes)"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

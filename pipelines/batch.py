@@ -60,6 +60,10 @@ class RayStageConfig:
     lock_ttl_s: float = 600.0
     force_unlock: bool = False
     run_id: str = ""
+    # Where input URIs may point besides the folder each input manifest is in (see input_roots); a URI elsewhere
+    # becomes an error row "outside allowed roots", unread.
+    allowed_roots: list[str] = field(default_factory=list)
+    read_timeout_s: float = 120.0  # one input read (S3 GET or local file); past it the input is an error row
 
     def check_common(self, where: str, *required: str) -> None:
         """Choices, required fields and batch size; each stage's ``validate()`` adds its own rules."""
@@ -67,6 +71,10 @@ class RayStageConfig:
         require(self, where, *required)
         if self.batch_size < 1:
             raise ConfigError(f"{where}: batch_size must be >= 1")
+        from pipelines.core.locking import check_ttl
+
+        check_ttl(where, self.lock_ttl_s)
+        check_input_settings(where, self.allowed_roots, self.read_timeout_s)
 
 
 @dataclass
@@ -158,6 +166,48 @@ def first_errors(units: list[tuple[int, ...]], *errors: list[str | None]) -> tup
 # Decoding the shared inputs (CPU tasks).
 
 
+#: Config fields naming a stage's input manifests (a file or a folder of parts): the folder each one is in is an
+#: allowed input root. ``data`` names a dataset root, which is itself the root (its manifests sit at its top).
+MANIFEST_FIELDS = ("garments", "models", "ground_truth", "results")
+ROOT_FIELDS = ("data",)
+
+
+def check_input_settings(where: str, allowed_roots: list[str], read_timeout_s: float) -> None:
+    """``allowed_roots`` entries are absolute (``/path``, ``file:///path``, ``s3://bucket/prefix``): workers run in
+    other working directories, where a relative root would name another folder; ``read_timeout_s`` is positive."""
+    for root in allowed_roots:
+        if not isinstance(root, str) or not (root.startswith("/") or "://" in root):
+            raise ConfigError(f"{where}: allowed_roots entries must be absolute URIs, got {root!r}")
+    if not read_timeout_s > 0:
+        raise ConfigError(f"{where}: read_timeout_s must be > 0")
+
+
+def input_roots(cfg: dict) -> tuple[str, ...]:
+    """Where the inputs named in manifests may be read from: ``allowed_roots`` plus the folder of each input manifest
+    in ``cfg`` (:data:`MANIFEST_FIELDS`, :data:`ROOT_FIELDS`). A manifest can then not turn a worker into a reader
+    of any file it can open (``file:///etc/passwd``, the cluster token mounted in a container)."""
+    from pipelines.core import storage
+
+    roots = list(cfg.get("allowed_roots") or ())
+    roots += [storage.parent_uri(cfg[k]) for k in MANIFEST_FIELDS if cfg.get(k)]
+    roots += [cfg[k] for k in ROOT_FIELDS if cfg.get(k)]
+    return tuple(roots)
+
+
+def read_input(uri: str, cfg: dict) -> bytes:
+    """The bytes of one input a manifest named: inside :func:`input_roots`, a regular file, within
+    ``max_image_bytes`` and ``read_timeout_s`` (:func:`pipelines.core.storage.read_input`).
+
+    A stage's worker cfg always has ``allowed_roots`` (a :class:`RayStageConfig` field); a cfg without the key is a
+    direct library call (a test, a notebook) whose caller chose the URIs, and gets no root check."""
+    from pipelines.core import storage
+
+    if "allowed_roots" not in cfg:
+        return storage.read_bytes(uri, max_bytes=cfg["max_image_bytes"], timeout_s=cfg.get("read_timeout_s"))
+    return storage.read_input(uri, roots=input_roots(cfg), max_bytes=cfg["max_image_bytes"],
+                              timeout_s=cfg.get("read_timeout_s"))
+
+
 def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """Read, decode and fit one garment photo and its mask (read, or extracted from a plain-background photo).
 
@@ -166,15 +216,12 @@ def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.
     not match the photo's size, or was extracted with too little confidence).
     """
     from pfafn import garment_mask, imageio
-    from pipelines.core import storage
 
     with blame("garment image"):
-        image = imageio.decode_image(storage.read_bytes(image_uri, max_bytes=cfg["max_image_bytes"]),
-                                     max_pixels=cfg["max_image_pixels"])
+        image = imageio.decode_image(read_input(image_uri, cfg), max_pixels=cfg["max_image_pixels"])
     with blame("garment mask"):
         if mask_uri:
-            mask = imageio.decode_mask(storage.read_bytes(mask_uri, max_bytes=cfg["max_image_bytes"]),
-                                       max_pixels=cfg["max_image_pixels"])
+            mask = imageio.decode_mask(read_input(mask_uri, cfg), max_pixels=cfg["max_image_pixels"])
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the garment image is "
                                  f"{image.shape[1]}x{image.shape[0]}")
@@ -191,14 +238,12 @@ def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.
 
 
 def read_image(uri: str, cfg: dict) -> np.ndarray:
-    """Read and decode one image within the ``max_image_bytes`` / ``max_image_pixels`` limits (uint8 H×W×3)."""
+    """Read (:func:`read_input`) and decode one image within the ``max_image_pixels`` limit (uint8 H×W×3)."""
     from pfafn import imageio
-    from pipelines.core import storage
 
     if not uri:
         raise FileNotFoundError("no image URI")
-    return imageio.decode_image(storage.read_bytes(uri, max_bytes=cfg["max_image_bytes"]),
-                                max_pixels=cfg["max_image_pixels"])
+    return imageio.decode_image(read_input(uri, cfg), max_pixels=cfg["max_image_pixels"])
 
 
 def decode_photo(image_uri: str, cfg: dict) -> np.ndarray:
@@ -298,13 +343,15 @@ class UnitActor:
 # Committing a unit and reading the committed parts back.
 
 
-def part_uri(output: str, folder: str, run_id: str, unit: int | str) -> str:
-    """``{output}/{folder}/part-{run_id}-{unit:06d}.parquet`` (or ``-{name}`` for the parts planning writes). Named
-    by run and unit, so a retried Ray task overwrites its own part."""
+def part_uri(output: str, folder: str, attempt: str, unit: int | str) -> str:
+    """``{output}/{folder}/part-{attempt}-{unit:06d}.parquet`` (or ``-{name}`` for the parts planning writes), where
+    ``attempt`` is ``{run_id}-g{lock generation}`` (:meth:`BatchRun.fence`, ``cfg["attempt"]``). The generation is
+    unique per acquisition of the output's lock, so no run — not even one reusing a run id — ever overwrites another
+    run's committed part, while a retried Ray task of the same run overwrites its own."""
     from pipelines.core import storage
 
     name = f"{unit:06d}" if isinstance(unit, int) else unit
-    return storage.join_uri(output, folder, f"part-{run_id}-{name}.parquet")
+    return storage.join_uri(output, folder, f"part-{attempt}-{name}.parquet")
 
 
 def result_row(error: str | None, **values: Any) -> dict:
@@ -318,32 +365,30 @@ def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
 
 
-def commit_part(table: pa.Table, uri: str) -> None:
-    """Write one unit's rows as one Parquet object, atomically: the unit's commit point."""
+def commit_part(table: pa.Table, uri: str, cfg: dict) -> None:
+    """Write one unit's rows as one Parquet object, atomically: the unit's commit point. First checks that the run
+    still holds the output's lock (``cfg["output"]``, ``cfg["lock_generation"]``: the worker cfg, or
+    ``BatchRun.cfg`` on the driver): a run that was taken over — or a task of a dead driver — raises
+    :class:`pipelines.core.locking.LockLostError` and commits nothing."""
     from pipelines.core import manifests
+    from pipelines.core.locking import check_fence
 
+    check_fence(cfg["output"], cfg["lock_generation"])
     manifests.write_manifest(table, uri)
 
 
-def read_parts(root: str, spec, *, where: dict[str, Any] | None = None, prefix: str = "") -> pa.Table:
-    """Every ``*.parquet`` part under ``root`` whose name starts with ``prefix``, conformed to ``spec`` (a manifest
-    kind or :class:`pipelines.core.manifests.ManifestSpec`) and cast to its schema; ``where`` keeps the rows whose
-    columns equal the given values. No parts: an empty table."""
-    import pyarrow.compute as pc
-
-    from pipelines.core import manifests, storage
+def read_parts(root: str, spec, *, where: dict[str, Any] | None = None, prefix: str = "",
+               skipped=None) -> pa.Table:
+    """Every ``*.parquet`` part under ``root`` whose name starts with ``prefix``, cast to ``spec``'s schema (a
+    manifest kind or :class:`pipelines.core.manifests.ManifestSpec`); ``where`` keeps the rows whose columns equal
+    the given values. Files that are not parts of that kind are skipped with a warning and recorded in ``skipped``
+    (a :class:`pipelines.core.parts.Skipped`). No parts: an empty table. For result sets too large to materialise,
+    use :mod:`pipelines.core.parts` directly."""
+    from pipelines.core import manifests, parts
 
     spec = manifests.SPECS[spec] if isinstance(spec, str) else spec
-    files = storage.list_files(root, suffix=".parquet") if storage.exists(root) else []
-    parts = []
-    for uri in files:
-        if prefix and not storage.basename(uri).startswith(prefix):
-            continue
-        table = manifests.conform(manifests.read_table(uri), spec, uri=uri, check_required=False)
-        for column, value in (where or {}).items():
-            table = table.filter(pc.equal(table[column], value))
-        parts.append(table.select(spec.schema.names).cast(spec.schema))
-    return pa.concat_tables(parts) if parts else spec.schema.empty_table()
+    tables = list(parts.scan_parts([(root, where)], spec, spec.schema.names, prefix=prefix, skipped=skipped))
+    return pa.concat_tables(tables) if tables else spec.schema.empty_table()
 
 
 def store_image(key: Callable[[], str], encode: Callable[[], bytes]) -> tuple[str | None, str | None, float]:
@@ -422,10 +467,12 @@ def progress(done: int, total: int) -> bool:
     return done == total or done % max(1, total // 20) == 0
 
 
-def worker_cfg(config, run_id: str, actor_plan) -> dict:
-    """The plain dict the decode/model/write functions get: the config's fields, the run id, and the actor pool's
-    device and torch threads (automatic: about 2 per reserved CPU on a CPU actor)."""
-    cfg = dataclasses.asdict(config) | {"run_id": run_id}
+def worker_cfg(config, run: "BatchRun") -> dict:
+    """The plain dict the decode/model/write functions get: the config's fields, the run id, the lock generation and
+    attempt (:meth:`BatchRun.fence`: every commit checks the lock with them), and the actor pool's device and torch
+    threads (automatic: about 2 per reserved CPU on a CPU actor)."""
+    cfg = dataclasses.asdict(config) | {"run_id": run.run_id} | run.fence()
+    actor_plan = run.actor_plan
     if actor_plan is not None:
         cfg["device"] = actor_plan.device
         if not cfg["torch_threads"] and actor_plan.device == "cpu":
@@ -450,6 +497,16 @@ class BatchRun:
     actor_plan: Any = None  # pipelines.core.ray_env.ActorPlan once the pool is sized
     cfg: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # plan_s, execute_s and the units' summed *_ms
+    generation: int = 0  # the output lock's generation this run holds (unique per acquisition)
+
+    @property
+    def attempt(self) -> str:
+        """``{run_id}-g{generation}``: names this run's parts (:func:`part_uri`), unique even for a reused run id."""
+        return f"{self.run_id}-g{self.generation}"
+
+    def fence(self) -> dict[str, Any]:
+        """The keys a commit needs besides ``output`` (:func:`commit_part`): the lock generation and the attempt."""
+        return {"lock_generation": self.generation, "attempt": self.attempt}
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -510,19 +567,25 @@ class BatchStage:
 
 def run_batch_stage(stage: BatchStage) -> dict[str, Any]:
     """Run one stage: plan → stream units → commit parts → summary; returns the summary (also written under the
-    output as ``summary.json`` and ``runs/{run_id}.json``)."""
-    from pipelines.core.locking import lock_output, new_run_id, write_run_summary
+    output as ``summary.json`` and ``runs/{run_id}.json``). A run whose lock is taken over stops with
+    :class:`pipelines.core.locking.LockLostError` (exit 2) and commits nothing more."""
+    from pipelines.core.locking import holding, interrupt_driver, lock_output, new_run_id, write_run_summary
 
     stage.config.validate()
     config = stage.config = absolute_paths(stage.config, *stage.path_fields)
     run = BatchRun(run_id=new_run_id(config.run_id), started=time.time())
     run.version = stage.model_version()
-    with lock_output(config.output, run.run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock):
+    lock = lock_output(config.output, run.run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock,
+                       on_lost=interrupt_driver)
+    run.generation = lock.generation
+    run.cfg = {"output": config.output, **run.fence()}  # the driver's commits (write_planned) check the lock too
+    with holding(lock):
         run.units = stage.plan(run)
         run.timings = {"plan_s": run.elapsed(), "execute_s": 0.0, **{k: 0.0 for k in stage.timing_keys}}
         run.error += stage.write_planned(run)
         if run.units:
             _execute(stage, run)
+        lock.check()
         summary = _summary(stage, run)
         sheet = stage.gallery(run, summary) if getattr(config, "gallery_size", 0) > 0 else None
         if sheet is not None:
@@ -530,7 +593,7 @@ def run_batch_stage(stage: BatchStage) -> dict[str, Any]:
 
             summary["gallery"] = gallery.write_gallery(config.output, run.run_id, sheet, config.gallery_size,
                                                        salt=run.version)
-        write_run_summary(config.output, run.run_id, summary)
+        write_run_summary(config.output, run.run_id, summary, lock)
     return summary
 
 
@@ -542,7 +605,7 @@ def _execute(stage: BatchStage, run: BatchRun) -> None:
     ensure_ray()
     if stage.uses_model(run):
         run.actor_plan = model_actor_plan(config.device, config.actors, config.cpus_per_actor)
-    cfg = run.cfg = worker_cfg(config, run.run_id, run.actor_plan) | stage.worker_extras(run)
+    cfg = run.cfg = worker_cfg(config, run) | stage.worker_extras(run)
     decode, write = stage.decode, stage.write
     started = time.time()
     rows = stream_units(

@@ -79,7 +79,8 @@ def test_catalog_counts_rerun_and_new_garment(ray_session, tmp_path):
 
     new_row = read_table(extra_g).to_pylist()[0]
     append_rows(g_uri, {k: [v] for k, v in new_row.items()})
-    s3 = run(_config(g_uri, m_uri, out, student))
+    # the new garment's photo lives outside the manifest's folder: allowed explicitly (default roots: the manifests')
+    s3 = run(_config(g_uri, m_uri, out, student, allowed_roots=[str(tmp_path / "extra")]))
     assert (s3["pairs_total"], s3["pairs_ok"], s3["pairs_skipped"]) == (24, 4, 20)
     new_rows = [r for r in ok_rows(out, version) if r["run_id"] == s3["run_id"]]
     assert {r["garment_id"] for r in new_rows} == {new_row["garment_id"]}
@@ -89,7 +90,7 @@ def test_catalog_counts_rerun_and_new_garment(ray_session, tmp_path):
     other = str(tmp_path / "student2.pt")
     version2 = write_student(other, seed=1)
     assert version2 != version
-    s4 = run(_config(g_uri, m_uri, out, other))
+    s4 = run(_config(g_uri, m_uri, out, other, allowed_roots=[str(tmp_path / "extra")]))
     assert (s4["pairs_ok"], s4["pairs_skipped"]) == (24, 0)
     _assert_accounting(out, version, 24)
     _assert_accounting(out, version2, 24)
@@ -248,7 +249,8 @@ def test_killed_run_then_rerun_exactly_once(tmp_path):
             done_before, stable_since = now, time.monotonic()
         time.sleep(0.5)
     assert 0 < done_before < 20, "the run must have been killed part-way"
-    assert storage.exists(storage.join_uri(out, "_lock.json")), "a killed run leaves its lock behind"
+    lock_dir = storage.join_uri(out, "_lock")
+    assert not storage.exists(storage.join_uri(lock_dir, "000000000001.released")), "a killed run never released"
 
     rerun = _cli(args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -256,7 +258,7 @@ def test_killed_run_then_rerun_exactly_once(tmp_path):
     assert summary["pairs_skipped"] == done_before
     assert summary["pairs_ok"] == 20 - done_before
     _assert_accounting(out, version, 20)
-    assert not storage.exists(storage.join_uri(out, "_lock.json")), "the lock is released after a run"
+    assert storage.exists(storage.join_uri(lock_dir, "000000000002.released")), "the re-run took over and released"
 
 
 def test_cli_error_rate_threshold_and_usage_errors(tmp_path):
@@ -284,8 +286,7 @@ def test_lock_refuses_second_run_and_takes_over_stale(ray_session, tmp_path):
     write_student(student)
     out = str(tmp_path / "out")
     storage.makedirs(out)
-    lock_uri = storage.join_uri(out, "_lock.json")
-    holder = RunLock(lock_uri, "other-run")
+    holder = RunLock(out, "other-run")
     holder.acquire()
     try:
         with pytest.raises(StageError, match="locked by run other-run"):
@@ -294,8 +295,9 @@ def test_lock_refuses_second_run_and_takes_over_stale(ray_session, tmp_path):
         holder.release()
     # a lock left by a dead process on this host is stale and taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    storage.write_bytes(lock_uri, json.dumps({"run_id": "dead", "host": os.uname().nodename,
-                                              "pid": int(dead.stdout), "heartbeat": 9e18}).encode())
+    storage.write_bytes(storage.join_uri(out, "_lock", "000000000002.json"),
+                        json.dumps({"run_id": "dead", "host": os.uname().nodename, "pid": int(dead.stdout),
+                                    "heartbeat": 9e18}).encode())
     s = run(_config(g_uri, m_uri, out, student))
     assert s["pairs_ok"] == 1
 
@@ -315,7 +317,7 @@ def test_catalog_on_s3(ray_session, s3_bucket, tmp_path):
     assert s1["gallery"].startswith("s3://") and storage.exists(s1["gallery"])
     s2 = run(_config(g_uri, m_uri, out, student))
     assert (s2["pairs_ok"], s2["pairs_skipped"]) == (0, 20)
-    assert not storage.exists(storage.join_uri(out, "_lock.json"))
+    assert storage.exists(storage.join_uri(out, "_lock", "000000000002.released"))
 
 
 def test_channels_last_auto_follows_device_and_precision():
@@ -329,3 +331,27 @@ def test_channels_last_auto_follows_device_and_precision():
     cfg = CatalogConfig(garments="g.parquet", models="m.parquet", output="out", student="s.pt", channels_last="yes")
     with pytest.raises(ConfigError, match=r"channels_last must be one of true\|false\|auto"):
         cfg.validate()
+
+
+def test_junk_and_foreign_files_in_results_do_not_stop_later_runs(ray_session, tmp_path):
+    """A truncated upload and another tool's Parquet file under results/ are skipped with a warning and counted;
+    the run plans, runs and draws its gallery as if they were not there."""
+    import pyarrow as pa
+
+    from pipelines.core import manifests
+
+    g_uri, m_uri = write_catalog(str(tmp_path / "data"), 2, 2)
+    student = str(tmp_path / "student.pt")
+    version = write_student(student)
+    out = str(tmp_path / "out")
+    results = Path(out) / "results"
+    results.mkdir(parents=True)
+    (results / "part-junk-000000.parquet").write_bytes(b"PAR1 an upload cut short")
+    manifests.write_manifest(pa.table({"garment_id": [1, 2], "price": [9.5, 3.0]}),
+                             str(results / "exports" / "prices.parquet"))
+    s1 = run(_config(g_uri, m_uri, out, student))
+    assert (s1["pairs_ok"], s1["pairs_error"], s1["results_files_skipped"]) == (4, 0, 2)
+    assert storage.read_bytes(s1["gallery"]).decode().count('class="card') == 4
+    s2 = run(_config(g_uri, m_uri, out, student))
+    assert (s2["pairs_ok"], s2["pairs_skipped"], s2["results_files_skipped"]) == (0, 4, 2)
+    _assert_accounting(out, version, 4)

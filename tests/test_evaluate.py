@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from pfafn.perceptual import (
 )
 from pipelines.core import manifests, storage
 from pipelines.stages.evaluate import (
+    SCORES_SCHEMA,
     EvaluateConfig,
     load_ground_truth,
     load_scores,
@@ -238,6 +240,37 @@ def test_scores_ranking_errors_report_then_lpips_and_fid(ray_session, tmp_path):
     fid = json.loads(Path(out, "report.json").read_text())["fid"]["by_version"][VERSION]
     assert (fid["n_fake"], fid["n_real"]) == (3, 4) and fid["fid"] >= 0
     assert s2["fid"] == fid["fid"] and "biased" in s2["fid_note"]
+
+
+def test_junk_in_results_is_skipped_and_only_this_versions_earlier_scores_are_removed(ray_session, tmp_path):
+    """Junk and a foreign table in results/ are skipped and counted; the re-run removes its own version's earlier
+    scores only: another version's part, the other version's rows of a mixed part and a foreign file stay."""
+    torch.set_num_threads(1)
+    root, tryon = write_world(tmp_path)
+    (Path(tryon) / "results" / "part-cut-000000.parquet").write_bytes(b"PAR1 cut short")
+    _parquet(pa.table({"sku": ["a"], "qty": [1]}), storage.join_uri(tryon, "results", "inventory.parquet"))
+    out = tmp_path / "eval"
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def scores_part(name: str, versions: list[str]) -> None:
+        rows = [{"student_version": v, "garment_id": f"g{i}", "model_id": "m0", "status": "ok", "ssim": 0.5,
+                 "run_id": "old", "finished_at": now} for i, v in enumerate(versions)]
+        _parquet(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA), str(out / "scores" / name))
+
+    scores_part("part-old-000000.parquet", [VERSION, VERSION])  # this version's earlier scores: removed
+    scores_part("part-old-000001.parquet", ["otherversion"])  # another version's: kept as is
+    scores_part("part-old-000002.parquet", [VERSION, "otherversion"])  # mixed: the other version's row stays
+    _parquet(pa.table({"notes": ["mine"]}), str(out / "scores" / "notes.parquet"))  # foreign: untouched
+
+    s = run(_config(tryon, root, str(out), student_version=VERSION))
+    assert (s["pairs"], s["pairs_ok"], s["pairs_error"], s["results_files_skipped"]) == (9, 6, 2, 3)
+    left = sorted(p.name for p in (out / "scores").iterdir())
+    assert "part-old-000000.parquet" not in left
+    assert {"part-old-000001.parquet", "part-old-000002.parquet", "notes.parquet"} <= set(left)
+    assert pq.read_table(out / "scores" / "notes.parquet").to_pylist() == [{"notes": "mine"}]
+    scores = load_scores(str(out)).to_pylist()
+    assert Counter(r["student_version"] for r in scores) == {VERSION: 9, "otherversion": 2}
+    assert len({(r["garment_id"], r["model_id"]) for r in scores if r["student_version"] == VERSION}) == 9
 
 
 def test_ground_truth_manifest_on_s3(ray_session, s3_bucket):

@@ -232,7 +232,7 @@ def test_catalog_outputs_in_s3(catalog_run, s3_server):
     assert {r["image_uri"] for r in rows} == {f"s3://{k}" for k in expected}
     assert {r["student_version"] for r in rows} == {version}
     assert fs.exists(f"{bucket}/tryon/summary.json") and fs.exists(f"{bucket}/tryon/gallery/index.html")
-    assert not fs.exists(f"{bucket}/tryon/_lock.json"), "the run lock must be released"
+    assert fs.exists(f"{bucket}/tryon/_lock/000000000001.released"), "the run lock must be released"
 
 
 def _nightly(ray_head_info, uris: dict, date: str) -> subprocess.CompletedProcess:

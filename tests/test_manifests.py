@@ -204,3 +204,26 @@ def test_s3_manifest_directory_with_relative_uris(s3_bucket):
     ]
     with pytest.raises(manifests.ManifestError, match="not found"):
         manifests.load_manifest(s3_bucket + "/dataset/nothing.parquet", "garments")
+
+
+@pytest.mark.parametrize("kind, rows, key", [
+    ("garments", {"garment_id": ["Shirt1", "shirt1", "SHIRT1", "Shirt1"], "image_uri": ["a", "b", "c", "d"]},
+     "garment_id"),
+    ("models", {"model_id": ["m1", "M1"], "image_uri": ["a", "b"]}, "model_id"),
+    ("test_pairs", {"model_id": ["m1", "M1", "M1"], "garment_id": ["g1", "G1", "g2"]}, "model_id"),
+])
+def test_ids_equal_up_to_case_are_duplicates(kind, rows, key):
+    """``Shirt1`` and ``shirt1`` are one file on a case-insensitive file system: the first wins, the others are
+    rejected with a reason naming the first."""
+    loaded = manifests.validate_table(pa.table(rows), kind)
+    first = rows[key][0]
+    assert loaded.rows.column(key).to_pylist()[0] == first
+    rejected = loaded.rejected.to_pylist()
+    n = len(rows[key])
+    assert loaded.rows.num_rows + len(rejected) == n
+    if kind == "test_pairs":  # (M1, g2) is a new pair; (M1, G1) repeats (m1, g1) up to case
+        assert [r["row_index"] for r in rejected] == [1]
+    else:
+        assert [r["row_index"] for r in rejected] == list(range(1, n))
+    for r in rejected:
+        assert r["error"].startswith("duplicate") and "first at row 0" in r["error"] and repr(first) in r["error"]

@@ -82,3 +82,23 @@ def test_tutor_trains_resumes_after_a_kill_and_rerun_does_nothing(ray_session, d
     again = run(_config(data_root, out, *common))
     assert again["trained_steps"] == 0 and again["skipped"] is True
     assert again["version"] == summary["version"]
+
+
+def test_a_longer_plan_after_a_finished_one_trains_again(ray_session, data_root, tmp_path):
+    """A finished phase whose plan changed starts afresh (the documented rule, docs/training.md): more epochs run
+    every step of the new plan, the summary says so, and the version changes with the weights."""
+    out = str(tmp_path / "tutor")
+    short = ("warp.niter=1", "warp.niter_decay=0", "e2e.niter=1", "e2e.niter_decay=0", "train.num_workers=1")
+    first = run(_config(data_root, out, *short))
+    assert first["steps"] == {"tutor_warp": 6, "tutor_e2e": 6}
+    assert first["phases"]["tutor_warp"]["start"] == "fresh" and not first["phases"]["tutor_warp"]["plan_changed"]
+    longer = ("warp.niter=2", *short[1:])
+    second = run(_config(data_root, out, *longer))
+    warp = second["phases"]["tutor_warp"]
+    assert second["steps"]["tutor_warp"] == 12 and warp["trained_steps"] == 12, warp
+    assert warp["plan_changed"] is True and warp["start"] == "fresh"
+    assert warp["replaced_plan_key"] == first["phases"]["tutor_warp"]["plan_key"]
+    assert second["phases"]["tutor_e2e"]["plan_changed"] is True  # it starts from the warp phase's new weights
+    assert second["version"] != first["version"]
+    again = run(_config(data_root, out, *longer))
+    assert again["trained_steps"] == 0 and again["version"] == second["version"]

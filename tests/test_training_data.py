@@ -104,3 +104,49 @@ def test_decode_limits_bytes_and_pixels_separately(root_uri, tmp_path):
     with pytest.raises(tdata.SampleDecodeError, match=r"^garment mask: "):  # masks obey the pixel limit too
         tdata.decode_row(dict(row, garment_mask_uri=str(plain)),
                          tdata.DecodeSpec(64, 64, ("garment_mask",), max_image_pixels=200 * 200 - 1))
+
+
+def test_decode_reads_only_inside_the_input_roots(root_uri, tmp_path):
+    """A sample whose image URI is outside the roots (dataset root + ``allowed_roots``) is an error row "outside allowed
+    roots" — unread, nothing of the file quoted — and the other samples still decode (no crash)."""
+    import pyarrow.parquet as pq
+
+    root = tdata.load_root(root_uri)
+    train, _ = tdata.split_train_val(root, 0, 0.0, 0, [])
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"TOKEN=abc123")
+    rows = [dict(train[0], image_uri=str(secret)), dict(train[1])]
+    out = str(tmp_path / "out")
+    spec = tdata.DecodeSpec(64, 64, ("person", "garment"), storage.join_uri(out, tdata.ERROR_ROWS_DIR), "train_pairs",
+                            roots=(root_uri,), read_timeout_s=10.0)
+    batch = {k: np.asarray(v, dtype=object) for k, v in tdata.sample_table(rows).to_pydict().items()}
+    decoded = tdata.decode_batch(batch, spec)
+    assert decoded["person"].shape == (1, 64, 64, 3)
+    assert tdata.collect_error_rows(out) == 1
+    error = pq.read_table(os.path.join(out, tdata.ERRORS_FILE)).to_pylist()[0]
+    assert error["id"] == rows[0]["sample_key"]
+    assert error["error"].startswith("person image: ") and "outside allowed roots" in error["error"]
+    assert "TOKEN" not in error["error"] and "TOKEN" not in error["row_json"]
+    # the folder in allowed_roots makes it readable (then it fails as what it is: not an image)
+    with pytest.raises(tdata.SampleDecodeError) as info:
+        tdata.decode_row(rows[0], tdata.DecodeSpec(64, 64, ("person",), roots=(root_uri, str(tmp_path))))
+    assert "outside allowed roots" not in info.value.reason
+
+
+def test_training_configs_check_and_derive_the_input_roots(tmp_path):
+    from pipelines.core.config import ConfigError, build_config
+    from pipelines.stages.distill import DistillConfig
+    from pipelines.stages.train_tutor import TutorConfig
+
+    paths = {"data": "/d/root", "output": "/o"}
+    with pytest.raises(ConfigError, match="allowed_roots"):
+        build_config(TutorConfig, explicit=dict(paths, allowed_roots=["relative/dir"])).validate()
+    with pytest.raises(ConfigError, match="read_timeout_s"):
+        build_config(TutorConfig, explicit=dict(paths, read_timeout_s=0)).validate()
+    tutor = build_config(TutorConfig, explicit=dict(paths, allowed_roots=["s3://b/extra"]))
+    assert set(tutor.input_roots()) == {"s3://b/extra", "/d/root"}
+    fakes = tmp_path / "fakes" / "manifest"  # a tutor-inference output's manifest folder: images are beside it
+    fakes.mkdir(parents=True)
+    (fakes / "part-r1-g1-00000.parquet").write_bytes(b"")  # tutor inference's parts sit here
+    distill = build_config(DistillConfig, explicit=dict(paths, fakes=str(fakes), tutor="/t.pt"))
+    assert set(distill.input_roots()) == {"/d/root", str(tmp_path / "fakes")}

@@ -218,7 +218,12 @@ def resolve_config(
 ) -> T:
     """A run's config: ``preset`` (by name; else the file's own ``preset:`` key) < ``config_file`` < ``overrides``
     (``--set`` items) < ``explicit`` < ``extend`` (see :func:`build_config`)."""
-    file_data = read_config_file(config_file) if config_file else {}
+    from pipelines.core.storage import StorageError
+
+    try:
+        file_data = read_config_file(config_file) if config_file else {}
+    except StorageError as exc:  # an s3:// config that cannot be read is a config error (exit 2), not a traceback
+        raise ConfigError(f"cannot read config file {config_file}: {exc.reason}") from None
     named = file_data.pop("preset", None)
     if preset is None and named is not None:
         preset, where = named, config_file

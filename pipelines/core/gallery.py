@@ -93,14 +93,16 @@ def write_html(uri: str, page: str) -> str:
 
 @dataclass
 class Sheet:
-    """What a stage puts in its QA gallery: result rows (with a ``status``), how to key them for the stable sample,
-    and how to draw one as a card."""
+    """What a stage puts in its QA gallery and how to draw one row as a card. The rows are either ``sample(size,
+    salt)`` — the stage picks them itself, for result sets too large to hold (:mod:`pipelines.core.parts`) — or
+    ``rows`` (with a ``status``) and ``key``, sampled here by :func:`sample_errors_first`."""
 
     title: str
     meta: str
-    rows: Sequence[dict]
-    key: Callable[[dict], str]
     card: Callable[[dict], GalleryItem]
+    rows: Sequence[dict] = ()
+    key: Callable[[dict], str] = str
+    sample: Callable[[int, str], list[dict]] | None = None
 
 
 def sample_errors_first(rows: Sequence[dict], key: Callable[[dict], str], size: int, salt: str = "") -> list[dict]:
@@ -116,7 +118,8 @@ def sample_errors_first(rows: Sequence[dict], key: Callable[[dict], str], size: 
 def write_gallery(output: str, run_id: str, sheet: Sheet, size: int, salt: str = "") -> str:
     """Render ``size`` cards of ``sheet`` to ``{output}/gallery/{run_id}.html`` and ``gallery/index.html`` (the
     latest run); returns the index's URI."""
-    items = [sheet.card(r) for r in sample_errors_first(sheet.rows, sheet.key, size, salt)]
+    rows = sheet.sample(size, salt) if sheet.sample else sample_errors_first(sheet.rows, sheet.key, size, salt)
+    items = [sheet.card(r) for r in rows]
     page = render_html(sheet.title, items, sheet.meta)
     write_html(storage.join_uri(output, "gallery", f"{run_id}.html"), page)
     return write_html(storage.join_uri(output, "gallery", "index.html"), page)

@@ -549,19 +549,31 @@ def _resolve_uri_columns(table: pa.Table, spec: ManifestSpec, base_dir: str | No
     return table
 
 
+def _fold(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _check_keys(table: pa.Table, spec: ManifestSpec, reasons: list[str | None]) -> None:
-    """Duplicate keys among otherwise valid rows: the first occurrence wins."""
+    """Duplicate keys among otherwise valid rows: the first occurrence wins. Keys equal up to case are duplicates
+    too: ids become file names (``{garment_id}/{model_id}.jpg``), and ``Shirt1`` and ``shirt1`` are one file on a
+    case-insensitive file system (macOS, Windows, some FUSE mounts of buckets)."""
     if not spec.key:
         return
-    first: dict[tuple, int] = {}
+    first: dict[tuple, tuple[int, tuple]] = {}
     for i, k in enumerate(zip(*(table.column(k).to_pylist() for k in spec.key))):
         if reasons[i] is not None:
             continue
-        if k in first:
-            label = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, k))
-            reasons[i] = f"duplicate {label} (first at row {first[k]})"
+        folded = tuple(_fold(v) for v in k)
+        if folded not in first:
+            first[folded] = (i, k)
+            continue
+        j, seen = first[folded]
+        label = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, k))
+        if seen == k:
+            reasons[i] = f"duplicate {label} (first at row {j})"
         else:
-            first[k] = i
+            shown = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, seen))
+            reasons[i] = f"duplicate {label} up to case (first at row {j}: {shown})"
 
 
 def _rejected(raw: pa.Table, table: pa.Table, spec: ManifestSpec, source: str | None, reasons: list[str | None]

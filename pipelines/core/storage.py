@@ -78,6 +78,10 @@ __all__ = [
     "pyarrow_filesystem",
     "clear_filesystem_cache",
     "read_bytes",
+    "read_input",
+    "within_roots",
+    "NotARegularFileError",
+    "OutsideRootsError",
     "write_bytes",
     "write_bytes_if_absent",
     "exists",
@@ -509,23 +513,22 @@ def _require_key(uri: str, rest: str) -> tuple[str, str]:
 # Reading and writing
 
 
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+def read_bytes(uri: str, max_bytes: int | None = None, *, timeout_s: float | None = None) -> bytes:
     """The whole object. With ``max_bytes``, an object larger than that raises :class:`ObjectTooLargeError`
-    without downloading its body (local: ``fstat``; S3: the GET's ``Content-Length``, one request)."""
+    without downloading its body (local: ``fstat``; S3: the GET's ``Content-Length``, one request).
+
+    Locally only a regular file is read: the path is opened with ``O_NONBLOCK`` (opening a FIFO without a writer
+    then returns at once instead of hanging) and ``fstat`` must say regular file before a byte is read, so FIFOs,
+    devices, sockets and directories raise :class:`NotARegularFileError` unread. ``timeout_s`` bounds the read
+    (S3: the whole GET; local: checked between 1 MiB chunks, which bounds slow network mounts but cannot interrupt
+    one blocked system call) and raises :class:`StorageUnavailableError`."""
     scheme, rest = _split(uri)
     if max_bytes is not None and max_bytes < 0:
         raise ValueError("max_bytes must be >= 0")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     if scheme == "file":
-        path = os.path.abspath(rest)
         try:
-            with open(path, "rb") as fh:
-                if max_bytes is not None:
-                    size_ = os.fstat(fh.fileno()).st_size
-                    if size_ > max_bytes:
-                        raise ObjectTooLargeError(f"object is {size_} bytes, limit is {max_bytes}", uri)
-                    data = fh.read(max_bytes + 1)
-                else:
-                    data = fh.read()
+            data = _local_read_regular(os.path.abspath(rest), uri, max_bytes, deadline)
         except StorageError:
             raise
         except Exception as exc:
@@ -534,17 +537,90 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
         _require_key(uri, rest)
         fs, path = filesystem_for(uri)
         try:
-            data = fs.cat_file(path) if max_bytes is None else _s3_read_limited(fs, path, uri, max_bytes)
+            if max_bytes is None and timeout_s is None:
+                data = fs.cat_file(path)
+            else:
+                data = _s3_read_limited(fs, path, uri, max_bytes, timeout_s)
         except StorageError:
             raise
         except Exception as exc:
+            if type(exc).__name__ == "FSTimeoutError":
+                raise StorageUnavailableError(f"read: timed out after {timeout_s:g} s", uri) from None
             raise _translate(exc, uri, "read") from None
     if max_bytes is not None and len(data) > max_bytes:  # grew between stat and read
         raise ObjectTooLargeError(f"object is over {max_bytes} bytes", uri)
     return data
 
 
-def _s3_read_limited(fs, path: str, uri: str, max_bytes: int) -> bytes:
+class NotARegularFileError(StorageError):
+    """A local input is a FIFO, device, socket or directory: refused without reading it."""
+
+
+class OutsideRootsError(StorageError, PermissionError):
+    """An input URI points outside the roots a stage may read its inputs from."""
+
+
+_CHUNK = 1 << 20
+
+
+def _local_read_regular(path: str, uri: str, max_bytes: int | None, deadline: float | None) -> bytes:
+    """Read a local regular file (see :func:`read_bytes`); anything else is refused before a byte is read."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError("read: not a regular file (FIFO, device, socket or directory)", uri)
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ObjectTooLargeError(f"object is {st.st_size} bytes, limit is {max_bytes}", uri)
+        limit = None if max_bytes is None else max_bytes + 1
+        chunks, total = [], 0
+        while limit is None or total < limit:
+            chunk = os.read(fd, _CHUNK if limit is None else min(_CHUNK, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise StorageUnavailableError("read: timed out", uri)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def within_roots(uri: str, roots) -> bool:
+    """Whether ``uri`` lies under one of ``roots`` (URIs of folders or bucket prefixes).
+
+    Local paths are compared after resolving symbolic links and ``..`` (``os.path.realpath``), so a link inside a
+    root that points outside it is outside; S3 keys are compared as strings (``..`` is no path step in a key).
+    A local URI is never under an S3 root and the other way round."""
+    scheme, rest = _split(uri)
+    for root in roots:
+        root_scheme, root_rest = _split(root)
+        if root_scheme != scheme:
+            continue
+        if scheme == "file":
+            base = os.path.realpath(root_rest)
+            target = os.path.realpath(rest)
+            if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+                return True
+        else:
+            base = root_rest.rstrip("/") + "/"
+            if rest.startswith(base):
+                return True
+    return False
+
+
+def read_input(uri: str, *, roots, max_bytes: int | None = None, timeout_s: float | None = None) -> bytes:
+    """An input a manifest named: :class:`OutsideRootsError` (nothing read, not even a ``stat``) unless ``uri`` is
+    under one of ``roots``; then :func:`read_bytes` with its regular-file rule, size limit and timeout."""
+    if not within_roots(uri, roots):
+        raise OutsideRootsError("read: outside allowed roots", uri)
+    return read_bytes(uri, max_bytes=max_bytes, timeout_s=timeout_s)
+
+
+def _s3_read_limited(fs, path: str, uri: str, max_bytes: int | None, timeout_s: float | None = None) -> bytes:
     from fsspec.asyn import sync
 
     bucket, key, version = fs.split_path(path)
@@ -555,13 +631,13 @@ def _s3_read_limited(fs, path: str, uri: str, max_bytes: int) -> bytes:
         body = resp["Body"]
         try:
             length = resp.get("ContentLength")
-            if length is not None and length > max_bytes:
+            if max_bytes is not None and length is not None and length > max_bytes:
                 raise ObjectTooLargeError(f"object is {length} bytes, limit is {max_bytes}", uri)
             return await body.read()
         finally:
             body.close()
 
-    return sync(fs.loop, _get)
+    return sync(fs.loop, _get, timeout=timeout_s)  # FSTimeoutError past timeout_s (see read_bytes)
 
 
 def _local_tmp_path(path: str) -> str:

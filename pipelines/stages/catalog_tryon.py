@@ -29,7 +29,7 @@ import pyarrow as pa
 from pipelines.batch import (BatchRun, BatchStage, BatchStageConfig, UnitActor, commit_part, decode_garment,
                              decode_photo, error_reason, first_errors, part_uri, peak_rss_mb, read_parts, reason_for,
                              result_row, rows_table, run_batch_stage, store_image)
-from pipelines.core import manifests, storage
+from pipelines.core import manifests, parts, storage
 from pipelines.core.config import ConfigError
 from pipelines.core.errors import StageError
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
 RESULTS_SCHEMA = manifests.SCHEMAS["tryon_results"]
+RESULTS_SPEC = manifests.SPECS["tryon_results"]
 
 
 @dataclass
@@ -117,30 +118,47 @@ class Plan:
     pairs_total: int
     pairs_skipped: int
     pairs_todo: int
+    index: parts.PairIndex  # garment ids (valid, then rejected) × model ids (valid, then rejected)
+    status: parts.PairStatus  # this student version's done and failed pairs, codes of ``index``
+    skipped: parts.Skipped  # files under results/ that are not result parts
 
 
-def load_results(output: str, student_version: str | None = None) -> pa.Table:
-    """All result rows under ``{output}/results/`` (optionally of one student version)."""
+def _sources(output: str, student_version: str | None) -> list[parts.Source]:
     where = {"student_version": student_version} if student_version is not None else None
-    return read_parts(storage.join_uri(output, RESULTS_DIR), "tryon_results", where=where)
+    return [(storage.join_uri(output, RESULTS_DIR), where)]
 
 
-def load_done_pairs(output: str, student_version: str) -> pa.Table:
-    """The ``(garment_id, model_id)`` pairs with an ``ok`` row for this student version under ``{output}/results/``."""
-    import pyarrow.compute as pc
-
-    results = load_results(output, student_version)
-    return results.filter(pc.equal(results["status"], "ok")).select(["garment_id", "model_id"])
-
-
-def _codes(done: pa.Table, g_index: dict[str, int], m_index: dict[str, int], n_models: int) -> np.ndarray:
-    g = np.fromiter((g_index.get(x, -1) for x in done["garment_id"].to_pylist()), dtype=np.int64, count=done.num_rows)
-    m = np.fromiter((m_index.get(x, -1) for x in done["model_id"].to_pylist()), dtype=np.int64, count=done.num_rows)
-    keep = (g >= 0) & (m >= 0)
-    return np.unique(g[keep] * n_models + m[keep])
+def load_results(output: str, student_version: str | None = None, skipped: parts.Skipped | None = None) -> pa.Table:
+    """All result rows under ``{output}/results/`` (optionally of one student version), materialised: for tests,
+    tools and small outputs; planning and the gallery read :mod:`pipelines.core.parts`' codes instead."""
+    ((root, where),) = _sources(output, student_version)
+    return read_parts(root, "tryon_results", where=where, skipped=skipped)
 
 
-def _tile(garments: list[dict], models: list[dict], g_block: list[int], m_block: list[int], todo: np.ndarray,
+def result_index(garments: list[dict], models: list[dict], rejected_garments: list[tuple[str, str]],
+                 rejected_models: list[tuple[str, str]]) -> parts.PairIndex:
+    """Pair codes over the manifests' ids, the rejected rows' ids after the valid ones (their error rows are pairs
+    too, reported once)."""
+    return parts.PairIndex.of([g["garment_id"] for g in garments] + [gid for gid, _ in rejected_garments],
+                              [m["model_id"] for m in models] + [mid for mid, _ in rejected_models])
+
+
+def load_status(output: str, student_version: str, index: parts.PairIndex,
+                skipped: parts.Skipped | None = None) -> parts.PairStatus:
+    """The done set (pairs with an ``ok`` row of this student version) and the failed pairs, as codes of ``index``;
+    junk under results/ is skipped and recorded in ``skipped``."""
+    return parts.pair_status(_sources(output, student_version), RESULTS_SPEC, index, "garment_id", "model_id",
+                             skipped=skipped)
+
+
+def _codes(codes: np.ndarray, index: parts.PairIndex, n_garments: int, n_models: int) -> np.ndarray:
+    """``index`` codes of valid × valid pairs as the tiles' codes ``g·M + m`` (sorted: the map keeps the order)."""
+    g, m = index.split(codes)
+    keep = (g < n_garments) & (m < n_models)
+    return g[keep] * n_models + m[keep]
+
+
+def _tile(garments: list[dict], models: list[dict], g_block: range, m_block: range, todo: np.ndarray,
           index: int) -> dict:
     """One unit: the ids and URIs of a garment block × model block and the pair codes (``g·M + m``) still to do."""
     return {
@@ -154,44 +172,73 @@ def _tile(garments: list[dict], models: list[dict], g_block: list[int], m_block:
     }
 
 
+def _blocks(garments: list[dict], models: list[dict], done: np.ndarray, t: int) -> list[dict]:
+    """Tiles of ``t`` × ``t`` with their pairs not in ``done`` (sorted codes ``g·M + m``). A garment block's codes are
+    one contiguous range, so its done pairs are one ``searchsorted`` slice: no per-pair work for done blocks."""
+    n_g, n_m = len(garments), len(models)
+    tiles: list[dict] = []
+    for g_start in range(0, n_g, t):
+        g_end = min(g_start + t, n_g)
+        lo, hi = g_start * n_m, g_end * n_m
+        a, b = np.searchsorted(done, [lo, hi])
+        if b - a == hi - lo:
+            continue
+        todo = np.ones(hi - lo, bool)
+        todo[done[a:b] - lo] = False
+        todo = todo.reshape(g_end - g_start, n_m)
+        for m_start in range(0, n_m, t):
+            block = todo[:, m_start:m_start + t]
+            if block.any():
+                tiles.append(_tile(garments, models, range(g_start, g_end), range(m_start, min(m_start + t, n_m)),
+                                   block.ravel(), len(tiles)))
+    return tiles
+
+
 def plan_tiles(config: CatalogConfig, student_version: str) -> Plan:
-    """Cut the garment × model product into tiles of ``tile_size`` × ``tile_size`` without the done pairs. The pair
-    table is never materialised: done pairs are integer codes ``g·M + m`` checked per tile with ``np.isin``."""
+    """Cut the garment × model product into tiles of ``tile_size`` × ``tile_size`` without the done pairs. Neither
+    the pair table nor the result rows are materialised: done pairs are a sorted int64 array of codes ``g·M + m``
+    (three columns read per result part, ids turned into codes in Arrow)."""
     g_load = manifests.load_manifest(config.garments, "garments")
     m_load = manifests.load_manifest(config.models, "models")
     garments, models = g_load.rows.to_pylist(), m_load.rows.to_pylist()
     rejected_g = [(r["id"], r["error"]) for r in g_load.rejected.to_pylist()]
     rejected_m = [(r["id"], r["error"]) for r in m_load.rejected.to_pylist()]
     n_g, n_m = len(garments), len(models)
-    g_index = {row["garment_id"]: i for i, row in enumerate(garments)}
-    m_index = {row["model_id"]: i for i, row in enumerate(models)}
-    done_codes = _codes(load_done_pairs(config.output, student_version), g_index, m_index, n_m)
-
-    tiles = []
-    t = config.tile_size
-    m_blocks = [list(range(s, min(s + t, n_m))) for s in range(0, n_m, t)]
-    for g_start in range(0, n_g, t):
-        g_block = list(range(g_start, min(g_start + t, n_g)))
-        for m_block in m_blocks:
-            codes = np.asarray(g_block, dtype=np.int64)[:, None] * n_m + np.asarray(m_block, dtype=np.int64)[None, :]
-            todo = ~np.isin(codes.ravel(), done_codes)
-            if todo.any():
-                tiles.append(_tile(garments, models, g_block, m_block, todo, len(tiles)))
+    index, skipped = result_index(garments, models, rejected_g, rejected_m), parts.Skipped()
+    status = load_status(config.output, student_version, index, skipped)
+    done = _codes(status.ok, index, n_g, n_m)
+    tiles = _blocks(garments, models, done, config.tile_size)
     return Plan(garments=garments, models=models, rejected_garments=rejected_g, rejected_models=rejected_m,
                 tiles=tiles, pairs_total=(n_g + len(rejected_g)) * (n_m + len(rejected_m)),
-                pairs_skipped=len(done_codes), pairs_todo=sum(len(tile["todo"]) for tile in tiles))
+                pairs_skipped=len(done), pairs_todo=sum(len(tile["todo"]) for tile in tiles), index=index,
+                status=status, skipped=skipped)
 
 
 def rejected_rows(plan: Plan, version: str, run_id: str) -> list[dict]:
-    """Error rows for every pair whose garment or model row was rejected by manifest validation."""
-    rows = []
+    """Error rows for every pair whose garment or model row was rejected by manifest validation, except pairs that
+    already have a row of this version: a rejected row is reported once, not again by every run."""
+    pairs: list[tuple[str, str, str]] = []
     models = [(m["model_id"], None) for m in plan.models] + list(plan.rejected_models)
     for gid, why in plan.rejected_garments:
-        rows += [_result(gid, mid, version, f"garment row rejected: {why}", run_id) for mid, _ in models]
+        pairs += [(gid, mid, f"garment row rejected: {why}") for mid, _ in models]
     for g in plan.garments:
-        rows += [_result(g["garment_id"], mid, version, f"model row rejected: {why}", run_id)
-                 for mid, why in plan.rejected_models]
-    return rows
+        pairs += [(g["garment_id"], mid, f"model row rejected: {why}") for mid, why in plan.rejected_models]
+    if not pairs:
+        return []
+    codes = plan.index.codes(pa.array([p[0] for p in pairs], pa.string()), pa.array([p[1] for p in pairs], pa.string()))
+    new = ~plan.status.recorded(codes)
+    return [_result(gid, mid, version, why, run_id) for (gid, mid, why), keep in zip(pairs, new) if keep]
+
+
+def sample_results(output: str, version: str, plan: Plan, size: int, salt: str = "") -> list[dict]:
+    """The gallery's rows: a stable sample of ``size`` pairs of the manifests (failed pairs first), each pair's row
+    that counts (its newest ok row, else its newest error row); two passes over three columns, then the sampled
+    pairs' rows only."""
+    sources = _sources(output, version)
+    status = load_status(output, version, plan.index, plan.skipped)
+    errors, oks = parts.sample_pairs(status, plan.index, size, salt)
+    return parts.best_rows(sources, RESULTS_SPEC, plan.index, "garment_id", "model_id",
+                           np.concatenate([errors, oks]), skipped=plan.skipped)
 
 
 def _result(gid: str, mid: str, version: str, error: str | None, run_id: str, uri: str | None = None,
@@ -241,10 +288,13 @@ class TryOnActor(UnitActor):
     inputs = ("garments", "masks", "persons")
 
     def __init__(self, spec: StudentSpec, cfg: dict):
+        import ray
+
         super().__init__(cfg)
         model, self.version = spec.load(map_location="cpu")
         self.mode = self.inference_mode(cfg)
         self.model = self.mode.prepare(model.to(self.device).eval())
+        self.node_id = ray.get_runtime_context().get_node_id()  # where this actor runs: the summary's actor nodes
 
     def run_unit(self, meta: dict, garments, masks, persons) -> tuple[dict, np.ndarray]:
         started = time.perf_counter()
@@ -263,7 +313,8 @@ class TryOnActor(UnitActor):
                     pair_errors[k] = reason
                 images = images[:0]
         meta.update(pair_errors=pair_errors, model_ms=(time.perf_counter() - started) * 1e3,
-                    student_version=self.version, precision=self.precision, actor_peak_rss_mb=peak_rss_mb())
+                    student_version=self.version, precision=self.precision, actor_peak_rss_mb=peak_rss_mb(),
+                    actor_node=self.node_id)
         return meta, images
 
     def _tryon(self, g_idx, m_idx, garments, masks, persons, images: np.ndarray) -> None:
@@ -325,12 +376,13 @@ def write_tile(meta: dict, images: np.ndarray, cfg: dict) -> dict:
             k_image += 1
         encode_total += encode_ms
         rows.append(_result(gid, mid, version, error, cfg["run_id"], uri, decode_ms, model_ms, encode_ms))
-    dest = part_uri(cfg["output"], RESULTS_DIR, cfg["run_id"], meta["tile"])
-    commit_part(results_table(rows), dest)
+    dest = part_uri(cfg["output"], RESULTS_DIR, cfg["attempt"], meta["tile"])
+    commit_part(results_table(rows), dest, cfg)
     n_ok = sum(1 for r in rows if r["status"] == "ok")
     return {"tile": meta["tile"], "ok": n_ok, "error": len(todo) - n_ok, "results": dest,
             "decode_ms": meta["decode_ms"], "model_ms": meta["model_ms"], "encode_ms": encode_total,
-            "actor_peak_rss_mb": meta.get("actor_peak_rss_mb", 0.0), "precision": meta.get("precision", "")}
+            "actor_peak_rss_mb": meta.get("actor_peak_rss_mb", 0.0), "precision": meta.get("precision", ""),
+            "actor_node": meta.get("actor_node", "")}
 
 
 def results_table(rows: list[dict]) -> pa.Table:
@@ -355,6 +407,7 @@ class CatalogTryOn(BatchStage):
     def __init__(self, config: CatalogConfig):
         super().__init__(config)
         self.peak_rss, self.precision = 0.0, ""
+        self.actor_nodes: set[str] = set()  # Ray node ids of the model actors that wrote this run's tiles
 
     def spec(self) -> StudentSpec:
         return StudentSpec(self.config.student, self.config.official_warp, self.config.official_gen)
@@ -372,7 +425,8 @@ class CatalogTryOn(BatchStage):
     def write_planned(self, run: BatchRun) -> int:
         rows = rejected_rows(self.planned, run.version, run.run_id)
         if rows:
-            commit_part(results_table(rows), part_uri(self.config.output, RESULTS_DIR, run.run_id, "rejected"))
+            dest = part_uri(self.config.output, RESULTS_DIR, run.attempt, "rejected")
+            commit_part(results_table(rows), dest, run.cfg)
         return len(rows)
 
     def model_kwargs(self, cfg: dict) -> dict:
@@ -381,6 +435,8 @@ class CatalogTryOn(BatchStage):
     def collect(self, row: dict, run: BatchRun) -> None:
         self.peak_rss = max(self.peak_rss, float(row["actor_peak_rss_mb"]))
         self.precision = str(row["precision"])
+        if row.get("actor_node"):
+            self.actor_nodes.add(str(row["actor_node"]))
 
     def summary(self, run: BatchRun) -> dict[str, Any]:
         p, elapsed = self.planned, run.elapsed()
@@ -395,12 +451,14 @@ class CatalogTryOn(BatchStage):
             "pairs_ok": run.ok,
             "pairs_error": run.error,
             "pairs_attempted": run.ok + run.error,
+            "results_files_skipped": len(p.skipped),
             "tiles": len(p.tiles),
             "pairs_per_s": round(run.ok / elapsed, 3) if elapsed > 0 else 0.0,
             "height": self.config.height,
             "width": self.config.width,
             "precision": self.precision or None,
             "actor_peak_rss_mb": round(self.peak_rss, 1) if p.tiles else None,
+            "model_actor_nodes": sorted(self.actor_nodes),
         }
 
     def gallery(self, run: BatchRun, summary: dict):
@@ -418,9 +476,8 @@ class CatalogTryOn(BatchStage):
         c = self.config
         meta = (f"student {run.version} · run {run.run_id} · {summary['pairs_ok']} ok / {summary['pairs_error']} "
                 f"error this run, {summary['pairs_skipped']} done before · {c.height}x{c.width}")
-        return Sheet(title=f"Catalog try-on QA · {run.version}", meta=meta,
-                     rows=load_results(c.output, run.version).to_pylist(),
-                     key=lambda r: f"{r['garment_id']}/{r['model_id']}", card=card)
+        return Sheet(title=f"Catalog try-on QA · {run.version}", meta=meta, card=card,
+                     sample=lambda size, salt: sample_results(c.output, run.version, self.planned, size, salt))
 
 
 def run(config: CatalogConfig) -> dict[str, Any]:

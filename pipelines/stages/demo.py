@@ -122,13 +122,15 @@ def run(config: DemoConfig) -> dict[str, Any]:
                   "output": paths["student"], **size, **workers}, p)))
     g_uri, m_uri = write_catalog_manifests(paths["data"], paths["catalog"], config.catalog_garments,
                                            config.catalog_models)
+    # the catalog manifests sit in catalog/ but name the world's photos: allow the world's folder as an input root
     tryon = _stage(5, total, f"catalog try-on {config.catalog_garments}x{config.catalog_models} (Ray Data)",
                    lambda: catalog_tryon.run(_cfg(catalog_tryon, {"garments": g_uri, "models": m_uri,
                                                       "student": student["student_checkpoint"],
+                                                      "allowed_roots": [paths["data"]],
                                                       "output": paths["tryon"], **size}, p)))
     report = _stage(6, total, "evaluate against exact ground truth", lambda: evaluate.run(_cfg(evaluate, {
         "results": paths["tryon"], "ground_truth": paths["data"], "output": paths["eval"], "garments": g_uri,
-        "student_version": tryon["student_version"], **size}, p)))
+        "allowed_roots": [paths["data"]], "student_version": tryon["student_version"], **size}, p)))
     log.info("[7/7] summary")
     summary = {
         "stage": "demo",

@@ -23,6 +23,7 @@ replaces the real photo as every target).
 """
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -73,6 +74,11 @@ class DistillConfig(TrainingConfig):
     freeze_epochs: int = -1  # PF-warp epochs training only cond_*/netRefine (-1: warp.niter, as published)
     skin_switch_epoch: int = -1  # gen_PF (a, b) switch epoch (-1: e2e.niter, as published)
     gt_samples: int = 64  # unpaired ground-truth evaluation samples (when ground_truth.parquet exists)
+
+    def own_input_roots(self) -> tuple[str, ...]:
+        """The fakes' folder: the manifest's folder, or for tutor inference's ``{output}/manifest`` parts the output
+        root (its images are under ``{output}/fakes/``)."""
+        return (storage.parent_uri(fakes_manifest_uri(self.fakes)),)
 
     @property
     def freeze(self) -> int:
@@ -405,6 +411,32 @@ def fake_samples(root: tdata.DatasetRoot, fakes_uri: str, tutor_version: str, re
     return out, stats
 
 
+def check_fakes_size(samples: list[dict], config: DistillConfig, probes: int = 8) -> None:
+    """Refuse fakes of another size than ``height × width`` (:class:`StageError`, exit 2, both sizes named).
+
+    A fake is the tutor's output at the size it ran at, aligned with the person fitted to that size; letterboxed to
+    another size it no longer lines up with the person and its target, and the student learns an average ghost
+    (issue 12, item 9). The first fake whose header reads decides (one tutor inference run writes one size); each
+    sample's fake is checked again when decoded (``pipelines.training.data``), so a mixed folder gives error rows."""
+    from PIL import Image
+
+    roots = config.input_roots()
+    for sample in samples[:probes]:
+        try:
+            data = storage.read_input(sample["fake_uri"], roots=roots, max_bytes=config.max_image_bytes,
+                                      timeout_s=config.read_timeout_s)
+            with Image.open(io.BytesIO(data)) as im:  # the header only: no pixels decoded
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - an unreadable fake is its sample's error row at decode time
+            continue
+        if (height, width) != (config.height, config.width):
+            raise StageError(
+                f"distill: the fakes are {height}x{width} (height x width, e.g. {sample['fake_uri']}) but distill runs "
+                f"at {config.height}x{config.width}; run distill with height={height} width={width}, or tutor "
+                f"inference at {config.height}x{config.width}")
+        return
+
+
 class DistillStage(TrainingStage):
     config: DistillConfig
     # set by prepare(), from the tutor checkpoint and the fakes location
@@ -433,6 +465,7 @@ class DistillStage(TrainingStage):
         if not train:
             raise StageError(f"distill: no usable ok fakes in {self.fakes_uri} for tutor {self.tutor_version} "
                              f"({stats})")
+        check_fakes_size(train, c)
         _, val = tdata.split_train_val(root, c.val_samples, c.val_fraction, c.seed, [])
         gt = tdata.unpaired_ground_truth_samples(root, c.gt_samples, errors)
         eval_sets = {"val": EvalSet(tdata.sample_table(val), VAL_FIELDS, "validation")}
@@ -459,7 +492,10 @@ class DistillStage(TrainingStage):
             "distill": c.distill.enabled})
         warp_uri = storage.join_uri(c.output, OFFICIAL_WARP)
         gen_uri = storage.join_uri(c.output, OFFICIAL_GEN)
-        official = export_official((model.warp, model.gen), warp_uri, gen_uri)
+        warp_buf, gen_buf = io.BytesIO(), io.BytesIO()  # then atomic storage writes, like every stage output
+        official = export_official((model.warp, model.gen), warp_buf, gen_buf)
+        storage.write_bytes(warp_uri, warp_buf.getvalue())
+        storage.write_bytes(gen_uri, gen_buf.getvalue())
         if official != model.version:
             raise StageError(f"distill: exported weights hash to {official}, the checkpoint to {model.version}")
         return {"fakes": self.fakes_uri, "tutor": c.tutor, "tutor_version": self.tutor_version,

@@ -15,7 +15,8 @@ A :class:`pipelines.batch.BatchStage` (the shared skeleton runs it); what is par
 Every result row ends as one scores row: ``ok`` (scored), ``no_ground_truth`` (decoded, nothing to compare to; still
 used for FID) or ``error`` with a one-line reason naming what failed (``try-on image: …`` — missing, corrupt, or the
 catalog's own error row —, ``ground truth image: …``, ``metrics: …``). A re-run evaluates the results as they are
-then and replaces the scores of earlier runs once its own are complete.
+then and, once its own scores are complete, removes the earlier scores of the student versions it evaluated (other
+versions' scores and files that are not scores parts stay).
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.batch import (BatchRun, BatchStage, InputError, RayStageConfig, UnitActor, blame, commit_part,
                              error_reason, one_line, part_uri, read_image, read_parts, rows_table, run_batch_stage)
-from pipelines.core import manifests, storage
+from pipelines.core import manifests, parts, storage
 from pipelines.core.config import ConfigError
 from pipelines.core.errors import StageError
 from pipelines.stages.evaluate_report import build_report, write_report
@@ -99,7 +101,9 @@ SCORES_SCHEMA = pa.schema(
         ("finished_at", pa.timestamp("ms", tz="UTC")),
     ]
 )
-SCORES_SPEC = manifests.ManifestSpec("scores", SCORES_SCHEMA, required=())
+# The required columns tell a scores part from a foreign table in scores/ (skipped, never deleted).
+SCORES_SPEC = manifests.ManifestSpec("scores", SCORES_SCHEMA,
+                                     required=("student_version", "garment_id", "model_id", "status"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -117,27 +121,46 @@ def _resolve_results(uri: str) -> str:
     return uri
 
 
-def load_result_pairs(uri: str, student_version: str = "") -> tuple[list[dict], pa.Table]:
+def load_result_pairs(uri: str, student_version: str = "", skipped: parts.Skipped | None = None
+                      ) -> tuple[list[dict], pa.Table]:
     """One row per (student_version, garment_id, model_id): the newest ``ok`` row, else the newest error row;
-    plus the rows the manifest validation rejected (ERRORS_SCHEMA)."""
+    plus the rows the manifest validation rejected (ERRORS_SCHEMA). In a results folder, files that are not result
+    parts (junk, another tool's table) are skipped with a warning and recorded in ``skipped``."""
+    location = _resolve_results(uri)
+    spec = manifests.SPECS["tryon_results"]
+    where = {"student_version": student_version} if student_version else None
     try:
-        loaded = manifests.load_manifest(_resolve_results(uri), "tryon_results")
+        if parts.list_parts(location):
+            tables = list(parts.scan_parts([(location, where)], spec, spec.schema.names, skipped=skipped))
+            table = pa.concat_tables(tables) if tables else spec.schema.empty_table()
+            loaded = manifests.validate_table(table, spec, base_dir=location.rstrip("/"), source=location)
+        else:  # one results file (or a folder of CSV parts)
+            loaded = manifests.load_manifest(location, "tryon_results")
     except manifests.ManifestError as exc:
         raise StageError(f"evaluate: results {uri}: {exc}") from None
-    best: dict[tuple, dict] = {}
-    for row in loaded.rows.to_pylist():
-        if student_version and row["student_version"] != student_version:
-            continue
-        key = (row["student_version"] or "", row["garment_id"], row["model_id"])
-        when = row["finished_at"] or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
-        rank = (row["status"] == "ok", when)
-        old = best.get(key)
-        if old is None or rank >= old["_rank"]:
-            best[key] = {**row, "_rank": rank}
-    rows = sorted(best.values(), key=lambda r: (r["student_version"] or "", r["garment_id"], r["model_id"]))
-    for r in rows:
-        r.pop("_rank")
-    return rows, loaded.rejected
+    rows = loaded.rows
+    if student_version:
+        rows = rows.filter(pc.fill_null(pc.equal(rows["student_version"], student_version), False))
+    return _newest_per_pair(rows), loaded.rejected
+
+
+def _newest_per_pair(rows: pa.Table) -> list[dict]:
+    """The row that counts per (student_version, garment_id, model_id), sorted by that key: sorted in Arrow by key,
+    then ok-ness, then time (null times first), the last row of each key wins."""
+    keys = ("_version", "garment_id", "model_id")
+    t = rows.append_column("_version", pc.fill_null(rows["student_version"], "")).append_column(
+        "_ok", pc.fill_null(pc.equal(rows["status"], "ok"), False))
+    t = t.take(pc.sort_indices(t, sort_keys=[(k, "ascending", "at_start") for k in (*keys, "_ok", "finished_at")]))
+    n = t.num_rows
+    if not n:
+        return []
+    last = np.ones(n, bool)
+    last[:-1] = False
+    for k in keys:
+        col = t[k]
+        last[:-1] |= pc.fill_null(pc.not_equal(col.slice(0, n - 1), col.slice(1)), True).to_numpy(
+            zero_copy_only=False)
+    return t.filter(pa.array(last)).drop_columns(["_version", "_ok"]).to_pylist()
 
 
 @dataclass
@@ -342,8 +365,8 @@ def _real_images(pairs: list[dict], gt: GroundTruth) -> list[str]:
     return []
 
 
-def plan_units(config: EvaluateConfig, weights: dict[str, Any]) -> Plan:
-    rows, rejected = load_result_pairs(config.results, config.student_version)
+def plan_units(config: EvaluateConfig, weights: dict[str, Any], skipped: parts.Skipped | None = None) -> Plan:
+    rows, rejected = load_result_pairs(config.results, config.student_version, skipped)
     gt = load_ground_truth(config.ground_truth, config.garments)
     pairs = [_pair(r, gt, bool(weights["fid"])) for r in rows]
     b = config.batch_size
@@ -387,6 +410,16 @@ def ssim_psnr(results: list[np.ndarray], references: list[np.ndarray]) -> tuple[
     return ssim, psnr
 
 
+def _same_size(reference: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """The ground truth, refused unless it has the try-on's size: no resize is exact (resampling changes the pixels
+    SSIM/PSNR compare, a letterbox shifts them), so a pair at two sizes is an error row naming both (issue 12 item 9)."""
+    if reference.shape[:2] != result.shape[:2]:
+        raise ValueError(f"ground truth is {reference.shape[0]}x{reference.shape[1]} but the try-on is "
+                         f"{result.shape[0]}x{result.shape[1]} (height x width); evaluate try-ons made at the ground "
+                         "truth's size")
+    return reference
+
+
 def _read_tryon(item: dict, cfg: dict) -> np.ndarray:
     """The pair's try-on; a catalog error row or a missing/corrupt image is the ``try-on image``'s failure."""
     if item["result_status"] != "ok":
@@ -417,8 +450,8 @@ def _score_pairs(items: list[dict], cfg: dict, fakes: np.ndarray, refs: np.ndarr
             item.update(height=int(result.shape[0]), width=int(result.shape[1]))
             reference = None
             if item["ground_truth_uri"]:
-                with blame("ground truth image"):  # fitted to the try-on's size (the model-input policy)
-                    reference = _fit(read_image(item["ground_truth_uri"], cfg), *result.shape[:2])
+                with blame("ground truth image"):
+                    reference = _same_size(read_image(item["ground_truth_uri"], cfg), result)
         except InputError as exc:
             item.update(status="error", error=exc.reason)
             continue
@@ -554,26 +587,43 @@ def write_unit(meta: dict, features: bytes | None, cfg: dict) -> dict:
     out["feature_owners"] = json.dumps([items[i]["student_version"] for i in rows])
     for it in items:
         out[it["status"]] += 1
-    commit_part(scores_table(items, cfg["run_id"]), part_uri(cfg["output"], SCORES_DIR, cfg["run_id"], meta["unit"]))
+    commit_part(scores_table(items, cfg["run_id"]), part_uri(cfg["output"], SCORES_DIR, cfg["attempt"], meta["unit"]),
+                cfg)
     return out
 
 
-def load_scores(output: str, run_id: str | None = None) -> pa.Table:
-    """Scores rows under ``{output}/scores/`` (optionally of one run)."""
+def load_scores(output: str, run_id: str | None = None, attempt: str = "", skipped: parts.Skipped | None = None
+                ) -> pa.Table:
+    """Scores rows under ``{output}/scores/`` (optionally of one run; with ``attempt``, ``BatchRun.attempt``, of that
+    run's parts only — a reused run id names earlier attempts' parts too)."""
     if run_id is None:
-        return read_parts(storage.join_uri(output, SCORES_DIR), SCORES_SPEC)
+        return read_parts(storage.join_uri(output, SCORES_DIR), SCORES_SPEC, skipped=skipped)
     return read_parts(storage.join_uri(output, SCORES_DIR), SCORES_SPEC, where={"run_id": run_id},
-                      prefix=f"part-{run_id}-")
+                      prefix=f"part-{attempt or run_id}-", skipped=skipped)
 
 
-def _drop_other_runs(output: str, run_id: str) -> None:
-    """After this run's scores are complete, remove earlier runs' parts: scores/ holds one row per pair."""
-    root = storage.join_uri(output, SCORES_DIR)
-    if not storage.exists(root):
-        return
-    for uri in storage.list_files(root, suffix=".parquet"):
-        if not storage.basename(uri).startswith(f"part-{run_id}-"):
+def _drop_earlier_scores(output: str, attempt: str, versions: set[str], skipped: parts.Skipped | None = None) -> int:
+    """After this run's scores (its parts are named ``part-{attempt}-…``) are complete, remove the earlier scores of
+    the student versions it evaluated, so scores/ holds one row per pair: a part holding only those versions is
+    deleted; a part that also holds other versions is rewritten with their rows only. Other versions' scores and
+    files that are not scores parts are never touched. Returns the number of parts deleted or rewritten."""
+    changed = 0
+    for uri in parts.list_parts(storage.join_uri(output, SCORES_DIR)):
+        if storage.basename(uri).startswith(f"part-{attempt}-"):
+            continue
+        table = parts.read_part(uri, SCORES_SPEC, SCORES_SCHEMA.names, skipped)
+        if table is None:
+            continue
+        mine = pc.fill_null(pc.is_in(pc.fill_null(table["student_version"], ""),
+                                     value_set=pa.array(sorted(versions), pa.string())), False)
+        if pc.all(mine).as_py():
             storage.delete(uri)
+        elif pc.any(mine).as_py():
+            manifests.write_manifest(table.filter(pc.invert(mine)), uri)
+        else:
+            continue
+        changed += 1
+    return changed
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -627,7 +677,8 @@ class Evaluate(BatchStage):
 
     def plan(self, run: BatchRun) -> list[dict]:
         self.weights = w = probe_weights(self.config)
-        p = self.planned = plan_units(self.config, w)
+        self.skipped = parts.Skipped()
+        p = self.planned = plan_units(self.config, w, self.skipped)
         log.info("evaluate %s: %d pairs (%d with ground truth), %d real images for FID, %d units; lpips=%s fid=%s",
                  run.run_id, len(p.pairs), sum(1 for x in p.pairs if x["ground_truth_uri"]), p.reals, len(p.units),
                  w["lpips"], w["fid"])
@@ -653,8 +704,8 @@ class Evaluate(BatchStage):
 
     def summary(self, run: BatchRun) -> dict[str, Any]:
         c, p = self.config, self.planned
-        scores = load_scores(c.output, run.run_id)
-        _drop_other_runs(c.output, run.run_id)
+        scores = load_scores(c.output, run.run_id, attempt=run.attempt, skipped=self.skipped)
+        _drop_earlier_scores(c.output, run.attempt, {x["student_version"] for x in p.pairs}, self.skipped)
         report = build_report(c, run.run_id, scores, _fid(self.features, self.weights), self.weights, p)
         uris = write_report(c.output, report)
         overall, counts = report["overall"], report["counts"]
@@ -672,6 +723,7 @@ class Evaluate(BatchStage):
             "pairs_no_ground_truth": counts["no_ground_truth"],
             "pairs_error": counts["error"],
             "rejected_rows": p.rejected.num_rows,
+            "results_files_skipped": len(self.skipped),
             **metrics,
             "psnr_identical": overall["psnr_identical"],
             "psnr_cap": c.psnr_cap,

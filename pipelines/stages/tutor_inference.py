@@ -21,6 +21,7 @@ leaves at most images without rows, which the re-run recomputes and overwrites a
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,9 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.batch import (BatchRun, BatchStage, BatchStageConfig, UnitActor, blame, commit_part, decode_garment,
-                             error_reason, first_errors, one_line, part_uri, read_image, read_parts, reason_for,
+                             error_reason, first_errors, one_line, part_uri, read_image, read_input, read_parts, reason_for,
                              result_row, rows_table, run_batch_stage, store_image)
-from pipelines.core import manifests, storage
+from pipelines.core import manifests, parts, storage
 from pipelines.core.config import ConfigError
 from pipelines.core.errors import StageError
 
@@ -45,6 +46,7 @@ ERRORS_DIR = "errors"
 FAKES_DIR = "fakes"
 REJECTED_DIR = "rejected"
 FAKES_SCHEMA = manifests.SCHEMAS["fakes"]
+FAKES_SPEC = manifests.SPECS["fakes"]
 FAKE_COLUMNS = tuple(FAKES_SCHEMA.names)
 
 
@@ -59,9 +61,18 @@ class TutorInferenceConfig(BatchStageConfig):
     seed: int = 0
     chunk_size: int = 16
     png_compress_level: int = 6
+    # 0 x 0: the tutor checkpoint's training size (the meta pipelines.training.stage.save_model records), so fakes
+    # line up with the persons the student is distilled on (issue 12, item 9); set both to run at another size.
+    height: int = 0
+    width: int = 0
 
     def validate(self) -> None:
-        self.validate_common("tutor_inference", ("data", "tutor", "output"))
+        if (self.height == 0) != (self.width == 0):
+            raise ConfigError("tutor_inference: set both height and width, or neither (0 x 0 = the tutor's training "
+                              f"size), got {self.height}x{self.width}")
+        # 0 x 0 passes the size rule here; the tutor's own size is checked once read (TutorInference.model_version)
+        sized = self if self.height else dataclasses.replace(self, height=64, width=64)
+        sized.validate_common("tutor_inference", ("data", "tutor", "output"))
         if self.k < 1:
             raise ConfigError(f"tutor_inference: k must be >= 1, got {self.k}")
         if self.seed < 0:
@@ -72,11 +83,12 @@ class TutorInferenceConfig(BatchStageConfig):
             raise ConfigError("tutor_inference: png_compress_level must be within 0..9")
 
 
+#: No preset sets height/width: the size is the tutor's (see TutorInferenceConfig.height) unless given explicitly.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"height": 128, "width": 96, "batch_size": 4, "chunk_size": 4, "precision": "fp32",
-             "channels_last": False, "png_compress_level": 1, "gallery_size": 8},
-    "cpu": {"height": 256, "width": 192, "batch_size": 8, "chunk_size": 8},
-    "published": {"height": 256, "width": 192, "batch_size": 32, "chunk_size": 64},
+    "tiny": {"batch_size": 4, "chunk_size": 4, "precision": "fp32", "channels_last": False, "png_compress_level": 1,
+             "gallery_size": 8},
+    "cpu": {"batch_size": 8, "chunk_size": 8},
+    "published": {"batch_size": 32, "chunk_size": 64},
 }
 
 
@@ -120,17 +132,29 @@ def _fake(mid: str, worn: str, gid: str, uri: str | None, version: str, error: s
                       tutor_version=version, run_id=run_id)
 
 
-def load_fakes(output: str, tutor_version: str | None = None, *, errors: bool = False) -> pa.Table:
-    """Rows under ``{output}/manifest/`` (or ``{output}/errors/`` with ``errors=True``), optionally of one version."""
+def load_fakes(output: str, tutor_version: str | None = None, *, errors: bool = False,
+               skipped: parts.Skipped | None = None) -> pa.Table:
+    """Rows under ``{output}/manifest/`` (or ``{output}/errors/`` with ``errors=True``), optionally of one version,
+    materialised (tests, small outputs); planning and the gallery read codes (:mod:`pipelines.core.parts`)."""
     where = {"tutor_version": tutor_version} if tutor_version is not None else None
-    return read_parts(storage.join_uri(output, ERRORS_DIR if errors else MANIFEST_DIR), "fakes", where=where)
+    return read_parts(storage.join_uri(output, ERRORS_DIR if errors else MANIFEST_DIR), "fakes", where=where,
+                      skipped=skipped)
 
 
-def load_done(output: str, tutor_version: str) -> set[tuple[str, str]]:
-    """``(model_id, tutor_garment_id)`` with an ``ok`` row for this tutor version."""
-    t = load_fakes(output, tutor_version)
-    return {(m, g) for m, g, s in zip(t["model_id"].to_pylist(), t["tutor_garment_id"].to_pylist(),
-                                      t["status"].to_pylist()) if s == "ok"}
+def _sources(output: str, tutor_version: str, errors_of_run: str | None = None) -> list[parts.Source]:
+    """The fakes manifest of one tutor version, plus (``errors_of_run``) that run's error rows."""
+    sources: list[parts.Source] = [(storage.join_uri(output, MANIFEST_DIR), {"tutor_version": tutor_version})]
+    if errors_of_run is not None:
+        sources.append((storage.join_uri(output, ERRORS_DIR), {"tutor_version": tutor_version,
+                                                                "run_id": errors_of_run}))
+    return sources
+
+
+def load_done(output: str, tutor_version: str, index: parts.PairIndex,
+              skipped: parts.Skipped | None = None) -> np.ndarray:
+    """Sorted codes (of ``index``: persons × garments) of the fakes with an ``ok`` row for this tutor version."""
+    return parts.pair_status(_sources(output, tutor_version), FAKES_SPEC, index, "model_id", "tutor_garment_id",
+                             skipped=skipped).ok
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -148,6 +172,8 @@ class Plan:
     fewer_than_k: int  # persons that got fewer than k garments (too few garments in the dataset)
     models: dict[str, dict]
     garments: dict[str, dict]
+    index: parts.PairIndex  # persons (train_pairs' model ids) × garment ids
+    skipped: parts.Skipped  # files under manifest/ or errors/ that are not fakes parts
 
 
 def _load_root(data: str) -> tuple[manifests.ManifestLoad, manifests.ManifestLoad, manifests.ManifestLoad]:
@@ -202,20 +228,24 @@ def plan_chunks(config: TutorInferenceConfig, tutor_version: str, run_id: str) -
     garments = {r["garment_id"]: r for r in g_load.rows.to_pylist()}
     rejected_models = {r["id"]: r["error"] for r in m_load.rejected.to_pylist() if r["id"]}
     garment_ids = sorted(garments)
-    done = load_done(config.output, tutor_version)
+    pairs = p_load.rows.to_pylist()
+    index, junk = parts.PairIndex.of([r["model_id"] for r in pairs], garment_ids), parts.Skipped()
+    choices = [choose_tutor_garments(r["model_id"], r["garment_id"], garment_ids, config.k, config.seed)
+               for r in pairs]
+    wanted = index.codes(pa.array([r["model_id"] for r, c in zip(pairs, choices) for _ in c], pa.string()),
+                         pa.array([g for c in choices for g in c], pa.string()))
+    is_done = iter(np.isin(wanted, load_done(config.output, tutor_version, index, junk)).tolist())
 
     pre: list[dict] = []
     todo_by_person: dict[str, list[tuple[str, str]]] = {}  # model_id -> [(worn, g')]
     total = skipped = fewer = 0
-    pairs = p_load.rows.to_pylist()
-    for row in pairs:
+    for row, chosen in zip(pairs, choices):
         mid, worn = row["model_id"], row["garment_id"]
-        chosen = choose_tutor_garments(mid, worn, garment_ids, config.k, config.seed)
         fewer += len(chosen) < config.k
         reason = _unusable(mid, models.get(mid), rejected_models)
         for gid in chosen:
             total += 1
-            if (mid, gid) in done:
+            if next(is_done):
                 skipped += 1
             elif reason is not None:
                 pre.append(_fake(mid, worn, gid, None, tutor_version, reason, run_id))
@@ -229,7 +259,7 @@ def plan_chunks(config: TutorInferenceConfig, tutor_version: str, run_id: str) -
     rejected = pa.concat_tables(rejected_parts) if rejected_parts else manifests.ERRORS_SCHEMA.empty_table()
     return Plan(persons=len(pairs), fakes_total=total, fakes_skipped=skipped, chunks=chunks,
                 pre_errors=fakes_table(pre).to_pydict(), rejected=rejected, fewer_than_k=fewer, models=models,
-                garments=garments)
+                garments=garments, index=index, skipped=junk)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -287,8 +317,7 @@ def _fit_labels(labels: np.ndarray, geometry) -> np.ndarray:
 
 def _read_labels(uri: str, cfg: dict, num_labels: int, photo: np.ndarray) -> np.ndarray:
     """A label map that must have the photo's size (parsing: 14 classes, DensePose: 25 part ids)."""
-    labels = decode_label_map(storage.read_bytes(uri, max_bytes=cfg["max_image_bytes"]),
-                              max_pixels=cfg["max_image_pixels"], num_labels=num_labels)
+    labels = decode_label_map(read_input(uri, cfg), max_pixels=cfg["max_image_pixels"], num_labels=num_labels)
     if labels.shape != photo.shape[:2]:
         raise ValueError(f"label map is {labels.shape[1]}x{labels.shape[0]} but the photo is "
                          f"{photo.shape[1]}x{photo.shape[0]}")
@@ -308,7 +337,7 @@ def _decode_person(person: dict, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.
     with blame("densepose"):
         densepose = _read_labels(person["densepose_uri"], cfg, 25, image)
     with blame("pose"):
-        keypoints = decode_openpose(storage.read_bytes(person["pose_uri"], max_bytes=cfg["max_image_bytes"]))
+        keypoints = decode_openpose(read_input(person["pose_uri"], cfg))
     geometry = imageio.fit_geometry(image.shape[0], image.shape[1], h, w)
     if geometry.padded or (geometry.new_height, geometry.new_width) != image.shape[:2]:
         present = (keypoints[:, 0] > 0) | (keypoints[:, 1] > 0)
@@ -450,9 +479,9 @@ def write_chunk(meta: dict, images: np.ndarray, cfg: dict) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
-        commit_part(fakes_table(errors), part_uri(cfg["output"], ERRORS_DIR, cfg["run_id"], meta["chunk"]))
+        commit_part(fakes_table(errors), part_uri(cfg["output"], ERRORS_DIR, cfg["attempt"], meta["chunk"]), cfg)
     if ok:
-        commit_part(fakes_table(ok), part_uri(cfg["output"], MANIFEST_DIR, cfg["run_id"], meta["chunk"]))
+        commit_part(fakes_table(ok), part_uri(cfg["output"], MANIFEST_DIR, cfg["attempt"], meta["chunk"]), cfg)
     return {"chunk": meta["chunk"], "ok": len(ok), "error": len(errors), "decode_ms": meta["decode_ms"],
             "model_ms": meta["model_ms"], "encode_ms": encode_total}
 
@@ -461,8 +490,9 @@ def write_chunk(meta: dict, images: np.ndarray, cfg: dict) -> dict:
 # The stage.
 
 
-def tutor_version_of(uri: str) -> str:
-    """The tutor checkpoint's version; :class:`StageError` when it is not a readable *tutor* checkpoint."""
+def read_tutor(uri: str):
+    """The tutor checkpoint (``pfafn.checkpoint.LoadedCheckpoint``); :class:`StageError` when it is not a readable
+    *tutor* checkpoint."""
     from pfafn import checkpoint
 
     try:
@@ -471,7 +501,29 @@ def tutor_version_of(uri: str) -> str:
         raise StageError(f"tutor_inference: cannot load the tutor checkpoint {uri}: {one_line(exc)}") from None
     if loaded.kind != "tutor":
         raise StageError(f"tutor_inference: {uri} is a {loaded.kind} checkpoint, not a tutor")
-    return loaded.version
+    return loaded
+
+
+def tutor_version_of(uri: str) -> str:
+    """The tutor checkpoint's version (:func:`read_tutor`)."""
+    return read_tutor(uri).version
+
+
+def resolve_size(config: TutorInferenceConfig, meta: dict) -> None:
+    """Height and width 0 become the tutor's training size (its checkpoint meta); a tutor that records none needs
+    them given (:class:`ConfigError`, exit 2). A size given that differs from the tutor's is kept, with a warning."""
+    from pipelines.core.config import check_size
+
+    trained = (meta.get("height"), meta.get("width"))
+    if config.height == 0:
+        if not all(isinstance(v, int) and v > 0 for v in trained):
+            raise ConfigError(f"tutor_inference: the tutor checkpoint {config.tutor} records no training size; set "
+                              "height and width")
+        config.height, config.width = trained
+        check_size("tutor_inference", config.height, config.width)
+    elif trained[0] and trained != (config.height, config.width):
+        log.warning("tutor_inference: running at %dx%d but the tutor was trained at %sx%s; distill at %dx%d",
+                    config.height, config.width, trained[0], trained[1], config.height, config.width)
 
 
 class TutorInference(BatchStage):
@@ -485,7 +537,9 @@ class TutorInference(BatchStage):
     write = staticmethod(write_chunk)
 
     def model_version(self) -> str:
-        return tutor_version_of(self.config.tutor)
+        loaded = read_tutor(self.config.tutor)
+        resolve_size(self.config, loaded.meta)  # before the lock, the plan and the worker cfg use the size
+        return loaded.version
 
     def plan(self, run: BatchRun) -> list[dict]:
         p = self.planned = plan_chunks(self.config, run.version, run.run_id)
@@ -498,11 +552,11 @@ class TutorInference(BatchStage):
     def write_planned(self, run: BatchRun) -> int:
         out, p = self.config.output, self.planned
         if p.rejected.num_rows:
-            manifests.write_manifest(p.rejected, storage.join_uri(out, REJECTED_DIR, f"rejected-{run.run_id}.parquet"))
+            commit_part(p.rejected, storage.join_uri(out, REJECTED_DIR, f"rejected-{run.attempt}.parquet"), run.cfg)
         n_pre = len(p.pre_errors["model_id"])
         if n_pre:
             commit_part(pa.Table.from_pydict(p.pre_errors, schema=FAKES_SCHEMA),
-                        part_uri(out, ERRORS_DIR, run.run_id, "planned"))
+                        part_uri(out, ERRORS_DIR, run.attempt, "planned"), run.cfg)
         return n_pre
 
     def model_kwargs(self, cfg: dict) -> dict:
@@ -526,6 +580,7 @@ class TutorInference(BatchStage):
             "fakes_written": run.ok,
             "fakes_error": run.error,
             "fakes_attempted": run.ok + run.error,
+            "results_files_skipped": len(p.skipped),
             "chunks": len(p.chunks),
             "height": c.height,
             "width": c.width,
@@ -536,8 +591,15 @@ class TutorInference(BatchStage):
         from pipelines.core.gallery import GalleryItem, Sheet
 
         c, p = self.config, self.planned
-        errors = load_fakes(c.output, run.version, errors=True).to_pylist()
-        rows = [r for r in errors if r["run_id"] == run.run_id] + load_fakes(c.output, run.version).to_pylist()
+        sources = _sources(c.output, run.version, errors_of_run=run.run_id)
+
+        def sample(size: int, salt: str) -> list[dict]:
+            """This run's failed fakes and the manifest's fakes, each pair's row that counts (an ok fake hides its
+            earlier errors), sampled by a stable hash of the pair."""
+            status = parts.pair_status(sources, FAKES_SPEC, p.index, "model_id", "tutor_garment_id", skipped=p.skipped)
+            errors, oks = parts.sample_pairs(status, p.index, size, salt)
+            return parts.best_rows(sources, FAKES_SPEC, p.index, "model_id", "tutor_garment_id",
+                                   np.concatenate([errors, oks]), skipped=p.skipped)
 
         def card(r: dict) -> GalleryItem:
             return GalleryItem(
@@ -551,8 +613,7 @@ class TutorInference(BatchStage):
         meta = (f"tutor {run.version} · run {run.run_id} · {summary['fakes_written']} written / "
                 f"{summary['fakes_error']} error this run, {summary['fakes_skipped']} done before · k={c.k} · "
                 f"{c.height}x{c.width}")
-        return Sheet(title=f"Tutor fakes · {run.version}", meta=meta, rows=rows,
-                     key=lambda r: f"{r['model_id']}/{r['tutor_garment_id']}", card=card)
+        return Sheet(title=f"Tutor fakes · {run.version}", meta=meta, card=card, sample=sample)
 
 
 def run(config: TutorInferenceConfig) -> dict[str, Any]:

@@ -134,6 +134,10 @@ class TrainingConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     lock_ttl_s: float = 600.0
     force_unlock: bool = False
+    # Where the URIs in the manifests may point besides the dataset root (and, for distillation, the fakes'
+    # folder): see input_roots(). A URI elsewhere is an error row "outside allowed roots", never read.
+    allowed_roots: list[str] = field(default_factory=list)
+    read_timeout_s: float = 120.0  # one input read (S3 GET or local file); past it the sample is an error row
 
     def validate(self) -> None:
         where = self.STAGE
@@ -142,13 +146,29 @@ class TrainingConfig:
         check_choices(self, where)
         if self.batch_size < 1:
             raise ConfigError(f"{where}: batch_size must be >= 1")
+        from pipelines.core.locking import check_ttl
+
+        check_ttl(where, self.lock_ttl_s)
         for name in ("warp", "e2e"):
             if getattr(self, name).epochs < 1:
                 raise ConfigError(f"{where}: {name}.niter + {name}.niter_decay must be >= 1")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1:
             raise ConfigError(f"{where}: max_image_bytes and max_image_pixels must be >= 1")
+        from pipelines.batch import check_input_settings
+
+        check_input_settings(where, self.allowed_roots, self.read_timeout_s)
         self.loss.validate(where)
         self.train.validate(where)
+
+    def input_roots(self) -> tuple[str, ...]:
+        """The folders/prefixes the decode tasks may read from (``pipelines.core.storage.read_input``):
+        ``allowed_roots``, the dataset root and each stage's :meth:`own_input_roots`. A manifest row can then not
+        turn a worker into a reader of any file it can open (issue 12, the same rule as the Ray Data stages)."""
+        return tuple(self.allowed_roots) + (self.data,) + self.own_input_roots()
+
+    def own_input_roots(self) -> tuple[str, ...]:
+        """Roots of the stage's other inputs (distillation: the fakes' folder)."""
+        return ()
 
 
 def with_absolute_paths(config: T) -> T:

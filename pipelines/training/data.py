@@ -314,6 +314,18 @@ class DecodeSpec:
     manifest: str = "train"  # the error rows' ``manifest`` column
     max_image_bytes: int = 50 * 2**20  # larger input files are not read
     max_image_pixels: int = 40_000_000  # larger images are not decoded (checked from the header)
+    # Where inputs may be read from (TrainingConfig.input_roots); None: no root check — a direct library call (a test,
+    # a benchmark) whose caller chose the URIs, as in pipelines.batch.read_input.
+    roots: tuple[str, ...] | None = None
+    read_timeout_s: float | None = None  # one input read; past it the sample is an error row
+
+
+def decode_spec(config, fields: tuple[str, ...], errors_uri: str, manifest: str) -> DecodeSpec:
+    """The :class:`DecodeSpec` of a training config (``pipelines.training.config.TrainingConfig``): its size, limits,
+    input roots and read timeout."""
+    return DecodeSpec(config.height, config.width, fields, errors_uri, manifest,
+                      max_image_bytes=config.max_image_bytes, max_image_pixels=config.max_image_pixels,
+                      roots=config.input_roots(), read_timeout_s=config.read_timeout_s)
 
 
 #: The input each decode field reads, as error reasons name it (``pipelines.batch.ERROR_SOURCES``).
@@ -346,10 +358,13 @@ class SampleDecodeError(ValueError):
         return (type(self), (self.reason,))
 
 
-def _read(uri: str | None, max_bytes: int) -> bytes:
+def _read(uri: str | None, max_bytes: int, spec: DecodeSpec) -> bytes:
+    """One input's bytes: inside ``spec.roots`` (unless None), a regular file, within the size and time limits."""
     if not uri:
         raise ValueError("no URI in the sample row")
-    return storage.read_bytes(uri, max_bytes=max_bytes)
+    if spec.roots is None:
+        return storage.read_bytes(uri, max_bytes=max_bytes, timeout_s=spec.read_timeout_s)
+    return storage.read_input(uri, roots=spec.roots, max_bytes=max_bytes, timeout_s=spec.read_timeout_s)
 
 
 def _fit_labels(arr: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -404,14 +419,18 @@ def _decode_field(name: str, uri: str | None, spec: DecodeSpec, geometry) -> tup
 
     h, w = spec.height, spec.width
     if name == "keypoints":
-        return _decode_keypoints(_read(uri, MAX_POSE_BYTES), spec, geometry), geometry
-    data = _read(uri, spec.max_image_bytes)
+        return _decode_keypoints(_read(uri, MAX_POSE_BYTES, spec), spec, geometry), geometry
+    data = _read(uri, spec.max_image_bytes, spec)
     if name in LABEL_FIELDS:
         return _decode_labels(data, spec, LABEL_MAX[name]), geometry
     if name in MASK_FIELDS:
         mask = decode_mask(data, max_pixels=spec.max_image_pixels)
         return np.round(fit_mask(mask, h, w) * 255.0).astype(np.uint8), geometry
     img = decode_image(data, max_pixels=spec.max_image_pixels)
+    if name == "fake" and img.shape[:2] != (h, w):
+        # A fake is the tutor's output at its own size, aligned with the person fitted to that size: fitting it again
+        # would misalign it with the person (issue 12 item 9), so only the stage's own size is accepted.
+        raise ValueError(f"fake is {img.shape[0]}x{img.shape[1]} but the stage runs at {h}x{w} (height x width)")
     if name == "person":
         geometry = fit_geometry(img.shape[0], img.shape[1], h, w)
     return fit_image(img, h, w), geometry

@@ -167,8 +167,21 @@ class PhaseWorker:
         this = dict(self.runs.get(self.run.run_id, {"start_step": self.step, "attempts": 0}))
         this["attempts"] = int(this["attempts"]) + 1
         this.setdefault("resumed_from_steps", []).append(self.step)
+        this["worker_nodes"] = self._worker_nodes()  # this attempt's; a retry may run on other nodes
         self.runs[self.run.run_id] = this
         self.final_checkpoint = bool(state.get("finished"))
+
+    def _worker_nodes(self) -> list[str]:
+        """Every rank's Ray node id, in rank order (a collective: all ranks call it, in ``restore``)."""
+        import ray
+        import torch.distributed as dist
+
+        mine = ray.get_runtime_context().get_node_id()
+        if self.world < 2 or not (dist.is_available() and dist.is_initialized()):
+            return [mine]
+        nodes: list = [None] * self.world
+        dist.all_gather_object(nodes, mine)
+        return [str(n) for n in nodes]
 
     # 2. prepare ------------------------------------------------------------------------------------------------------
 

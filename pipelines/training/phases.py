@@ -28,6 +28,7 @@ from pipelines.core import storage
 from pipelines.core.errors import StageError
 from pipelines.training.checkpoints import (
     RAY_DIR,
+    STATE_JSON,
     finished_phase,
     latest_checkpoint_step,
     load_checkpoint_state,
@@ -69,7 +70,8 @@ def run_phase(*, task: PhaseTask, output: str, plan: EpochPlan, batch_size: int,
     done = finished_phase(output, task.name, key)
     if done is not None:
         log.info("phase %s already finished at step %s; skipping", task.name, done.get("steps"))
-        return dict(done, skipped=True, trained_steps=0)
+        return dict(done, skipped=True, trained_steps=0, start="skipped", plan_changed=False)
+    replaced = start_afresh_if_plan_changed(output, task.name, key)
     start = min(latest_checkpoint_step(output, task.name), plan.total_steps)
     run = PhaseRun(task.name, output, plan, start, batch_size, settings, task, uuid.uuid4().hex[:12], key)
     trainer = _trainer(run, datasets_fn(start))
@@ -81,8 +83,48 @@ def run_phase(*, task: PhaseTask, output: str, plan: EpochPlan, batch_size: int,
                          f"latest checkpoint): {type(exc).__name__}: {' '.join(str(exc).split())[:800]}") from exc
     if result.checkpoint is None:
         raise StageError(f"training phase {task.name} ended without a checkpoint")
-    record = _phase_record(run, load_checkpoint_state(result.checkpoint), started)
+    record = _phase_record(run, load_checkpoint_state(result.checkpoint), started, replaced)
     return dict(record, skipped=False)
+
+
+def start_afresh_if_plan_changed(output: str, phase: str, key: str) -> str | None:
+    """The one rule for a changed plan: a phase whose plan key differs from the one its saved state was trained
+    under (more epochs, another learning rate, a new tutor version, new data, another size, batch or worker
+    count, or an earlier phase that changed) starts afresh. Its Ray Train checkpoints are deleted, so Ray Train
+    restores nothing and the phase trains every step of the new plan from its initial weights; the record is
+    replaced when the phase finishes. Returns the replaced plan key (None: nothing to replace, resume as usual).
+
+    Why not train only the added steps: the published schedule decays the learning rate linearly over the
+    phase's epochs (``niter`` + ``niter_decay``), so the weights after N epochs of a longer plan differ from a
+    finished shorter plan; continuing would give a model no plan describes. A same-plan re-run still resumes from
+    its latest checkpoint (a crash) or is skipped (finished)."""
+    previous = saved_plan_key(output, phase)
+    if previous is None or previous == key:
+        return None
+    log.warning("phase %s: its plan changed (%s -> %s); starting it afresh", phase, previous, key)
+    storage.delete_prefix(storage.join_uri(output, RAY_DIR, phase))
+    return previous
+
+
+def saved_plan_key(output: str, phase: str) -> str | None:
+    """The plan key of the phase's saved state: its latest Ray Train checkpoint's ``state.json`` (what a resume
+    would restore; newer than the record when a changed plan crashed before finishing), else its finished record;
+    None when there is none. One that cannot be read is a :class:`StageError` (never guessed: a wrong guess either
+    deletes good checkpoints or resumes a wrong plan)."""
+    uris = [phase_record_uri(output, phase)]
+    step = latest_checkpoint_step(output, phase)
+    if step:
+        uris.insert(0, storage.join_uri(output, RAY_DIR, phase, f"step_{step:08d}", STATE_JSON))
+    for uri in uris:
+        try:
+            if not storage.exists(uri):
+                continue
+            key = storage.read_json(uri).get("plan_key")
+        except (storage.StorageError, ValueError, AttributeError) as exc:
+            raise StageError(f"training phase {phase}: cannot read {uri}: {exc}") from None
+        if key:
+            return str(key)
+    return None
 
 
 def _trainer(run: PhaseRun, datasets: dict):
@@ -111,8 +153,10 @@ def _trainer(run: PhaseRun, datasets: dict):
     )
 
 
-def _phase_record(run: PhaseRun, state: dict, started: float) -> dict:
-    """Write the final weights and the record of a finished phase (resume facts of this invocation, loss summary)."""
+def _phase_record(run: PhaseRun, state: dict, started: float, replaced: str | None = None) -> dict:
+    """Write the final weights and the record of a finished phase (resume facts of this invocation, loss summary;
+    ``start`` is ``fresh`` or ``resumed``, ``plan_changed`` says the phase restarted because its plan changed and
+    ``replaced_plan_key`` names the plan it replaced)."""
     save_phase_weights(run.output, run.name, state["nets"])
     steps = int(state["step"])
     this = state.get("runs", {}).get(run.run_id) or {}
@@ -126,8 +170,12 @@ def _phase_record(run: PhaseRun, state: dict, started: float) -> dict:
         "plan": dataclasses.asdict(run.plan),
         "steps": steps,
         "resumed_from_step": start_step,
+        "start": "resumed" if start_step > 0 else "fresh",
+        "plan_changed": replaced is not None,
+        "replaced_plan_key": replaced,
         "attempts": int(this.get("attempts", 0)),
         "attempt_start_steps": list(this.get("resumed_from_steps", [])),
+        "worker_nodes": list(this.get("worker_nodes", [])),  # Ray node id per rank, last attempt
         "trained_steps": steps - start_step,
         "loss_first": sum(losses[:k]) / k if losses else None,
         "loss_last": sum(losses[-k:]) / k if losses else None,

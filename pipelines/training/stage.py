@@ -3,7 +3,7 @@
 
     validate the config, make its paths absolute (Ray Train workers have a working directory of their own)
     check the VGG weights and stage.prepare() (distill: read the tutor)       — before the lock, fails fast
-    with lock_output(output):
+    with holding(lock_output(output)):   (fenced: see pipelines.core.locking)
         load the dataset root; stage.samples(): ids and URIs only, bad rows become error rows
         for each of stage.tasks(): plan the epochs, run_phase (a TorchTrainer; skipped when already finished)
         stage.finish(): the model file(s) from the last phase's weights
@@ -83,7 +83,7 @@ class TrainingStage:
 
 def run_training(config: TrainingConfig, stage_cls: Callable[[TrainingConfig], TrainingStage]) -> dict[str, Any]:
     """Run a training stage end to end (resuming where a previous run on this output stopped); return the summary."""
-    from pipelines.core.locking import lock_output, new_run_id, write_run_summary
+    from pipelines.core.locking import holding, interrupt_driver, lock_output, new_run_id, write_run_summary
     from pipelines.core.ray_env import ensure_ray
 
     config.validate()
@@ -93,7 +93,9 @@ def run_training(config: TrainingConfig, stage_cls: Callable[[TrainingConfig], T
     check_vgg_available(config.loss)
     stage.prepare()
     run_id = new_run_id()
-    with lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock):
+    lock = lock_output(config.output, run_id, ttl_s=config.lock_ttl_s, force=config.force_unlock,
+                       on_lost=interrupt_driver)
+    with holding(lock):
         try:
             root = tdata.load_root(config.data)
             errors = list(root.errors)
@@ -102,10 +104,11 @@ def run_training(config: TrainingConfig, stage_cls: Callable[[TrainingConfig], T
             phases = run_phases(stage, samples)
         except tdata.DatasetRootError as exc:
             raise StageError(f"{config.STAGE}: {exc}") from None
+        lock.check()  # a run that lost its lock writes no model file and no summary
         summary = {"stage": config.STAGE, "run_id": run_id, "data": config.data, "output": config.output,
                    **stage.finish(phases), **samples.summary}
         summary.update(_common_summary(config, phases, samples, errors, started))
-        write_run_summary(config.output, run_id, summary)
+        write_run_summary(config.output, run_id, summary, lock)
     return summary
 
 
@@ -136,8 +139,7 @@ def phase_datasets(config: TrainingConfig, samples: Samples, task: PhaseTask, pl
     eval_rows = max(1, config.batch_size)
 
     def spec(fields: tuple[str, ...], manifest: str) -> tdata.DecodeSpec:
-        return tdata.DecodeSpec(config.height, config.width, fields, errors_uri, manifest,
-                                max_image_bytes=config.max_image_bytes, max_image_pixels=config.max_image_pixels)
+        return tdata.decode_spec(config, fields, errors_uri, manifest)
 
     train_spec = spec(samples.train_fields, samples.train_manifest)
     block_rows = s.block_rows or min(512, plan.global_batch * 4)
@@ -170,13 +172,17 @@ def save_model(config: TrainingConfig, phases: dict[str, dict], net: str, *, fil
                meta: dict[str, Any]) -> SavedModel:
     """Network ``net`` of the last phase (children ``warp`` and ``gen``) as a project-format checkpoint
     ``{output}/{file}`` (``pfafn.checkpoint``); its meta holds the stage, data, size and final metrics too."""
+    import io
+
     from pfafn.checkpoint import save_checkpoint
 
     warp, gen = warp_and_gen(load_phase_weights(config.output, list(phases)[-1])[net])
     uri = storage.join_uri(config.output, file)
     meta = {"stage": config.STAGE, "data": config.data, "height": config.height, "width": config.width, **meta,
             "metrics": final_metrics(phases)}
-    version = save_checkpoint(uri, warp=warp, gen=gen, kind=kind, meta=meta)
+    buf = io.BytesIO()  # serialised whole first, then one atomic storage write: a failure leaves the old file
+    version = save_checkpoint(buf, warp=warp, gen=gen, kind=kind, meta=meta)
+    storage.write_bytes(uri, buf.getvalue())
     return SavedModel(uri, version, warp, gen)
 
 
@@ -199,6 +205,8 @@ def _common_summary(config: TrainingConfig, phases: dict[str, dict], samples: Sa
         "final_metrics": final_metrics(phases),
         "phases": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in phases.items()},
         "num_workers": s.num_workers,
+        # distinct Ray node ids the phases' workers ran on (each phase record has them per rank)
+        "worker_nodes": sorted({n for v in phases.values() for n in v.get("worker_nodes", [])}),
         "use_gpu": s.use_gpu,
         "finished_at": utc_now(),
         "wall_s": round(time.time() - started, 3),
