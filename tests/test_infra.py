@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import importlib
 import io
 import json
@@ -38,21 +39,6 @@ STAGES = {
 }
 GPU_STAGES = {"train_tutor", "tutor_inference", "distill", "catalog", "nightly"}
 
-# Top-level RayJobSpec / RayClusterSpec fields of KubeRay v1.6 (ray.io/v1): a typo is silently dropped by the API
-# server, so unknown keys fail here.
-RAYJOB_SPEC_FIELDS = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata", "clusterSelector",
-    "submitterConfig", "managedBy", "deletionStrategy", "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode",
-    "entrypointResources", "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
-    "shutdownAfterJobFinishes", "suspend",
-}
-RAYCLUSTER_SPEC_FIELDS = {
-    "authOptions", "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
-    "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs", "upgradeStrategy",
-}
-GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds", "suspend",
-                "rayStartParams", "template", "scaleStrategy", "numOfHosts", "resources", "labels",
-                "serviceType", "headService", "enableIngress"}
 SECRET_ENV_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY)", re.I)
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -117,8 +103,6 @@ def gpu_limit(container: dict) -> int:
 
 
 def check_cluster_spec(spec: dict, where: str, *, needs_gpu: bool) -> None:
-    unknown = set(spec) - RAYCLUSTER_SPEC_FIELDS
-    assert not unknown, f"{where}: unknown RayClusterSpec fields {sorted(unknown)}"
     assert str(spec.get("rayVersion")) == ray_pin(), f"{where}: rayVersion {spec.get('rayVersion')} != ray=={ray_pin()}"
     assert (spec.get("authOptions") or {}).get("mode") == "token", f"{where}: authOptions.mode must be token"
     head = spec["headGroupSpec"]
@@ -133,7 +117,6 @@ def check_cluster_spec(spec: dict, where: str, *, needs_gpu: bool) -> None:
     has_gpu = has_cpu = False
     for g in groups:
         gw = f"{where} group {g['groupName']}"
-        assert not set(g) - GROUP_FIELDS, f"{gw}: unknown fields {sorted(set(g) - GROUP_FIELDS)}"
         assert DNS1035.match(g["groupName"]), f"{gw}: group name must be a DNS-1035 label"
         rsp = g.get("rayStartParams") or {}
         # KubeRay rejects resources in both rayStartParams and the group's resources field
@@ -173,6 +156,221 @@ def check_excludes(excludes: list[str], where: str) -> None:
     for pkg in ("pfafn", "pipelines", "jobs"):
         for f in (ROOT / pkg).rglob("*.py"):
             assert not match(f), f"{where}: excludes drop package file {f.relative_to(ROOT)} (anchor patterns with /)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# strict schema checks: what `kubectl apply` (default strict field validation) accepts
+#
+# The ray.io/v1 objects are checked against the structural openAPIV3Schema of the KubeRay 1.7.0 CRDs, copied into
+# tests/data/kuberay-crds/ (see its NOTICE). The API server prunes, and strict field validation rejects, every field
+# that a `properties` map does not list unless `x-kubernetes-preserve-unknown-fields` is set; jsonschema gets the same
+# rule as `additionalProperties: false`. The Kubernetes objects (CronJob, ConfigMap, ServiceAccount) are checked
+# against the `kubernetes` Python client's models (generated from the Kubernetes OpenAPI spec): every key must be one
+# of its model's `attribute_map` names, recursively through `openapi_types`, and deserializing with client-side
+# validation checks required fields and enums.
+
+CRDS = Path(__file__).resolve().parent / "data" / "kuberay-crds"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 4 MB of YAML
+
+# meta/v1 ObjectMeta (the root `metadata` of every object; CRDs declare it as a bare object)
+OBJECT_META = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"}, "generateName": {"type": "string"}, "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+        "ownerReferences": {"type": "array", "items": {"type": "object"}},
+        **{k: {} for k in ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
+                           "deletionGracePeriodSeconds", "managedFields", "selfLink")},
+    },
+}
+
+
+def strict_schema(node: Any) -> Any:
+    """A CRD structural schema as a JSON schema that rejects unknown fields the way the API server does."""
+    if isinstance(node, list):
+        return [strict_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = strict_schema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [strict_schema(sub) for sub in value]
+        elif not key.startswith("x-kubernetes-"):
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string"):  # an int or a string (quantities, ports, maxUnavailable)
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if (node.get("type") == "object" and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False  # a field the properties map does not list is unknown
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def crd_schemas() -> dict[str, dict]:
+    """kind -> strict JSON schema of its ray.io/v1 version (root metadata = ObjectMeta)."""
+    out = {}
+    for path in sorted(CRDS.glob("ray.io_*.yaml")):
+        crd = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        schema = strict_schema(v1["schema"]["openAPIV3Schema"])
+        schema["properties"]["metadata"] = OBJECT_META
+        schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+        out[crd["spec"]["names"]["kind"]] = schema
+    assert set(out) == {"RayCluster", "RayJob", "RayCronJob", "RayService"}, sorted(out)
+    return out
+
+
+K8S_MODELS = {("batch/v1", "CronJob"): "V1CronJob", ("v1", "ConfigMap"): "V1ConfigMap",
+              ("v1", "ServiceAccount"): "V1ServiceAccount"}
+_SCALARS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+# the client types quantities (resources.limits/requests) as strings; the API server also takes numbers there
+_QUANTITY_MAPS = ("limits", "requests")
+# enums the generated models document but do not check (values from their docstrings)
+K8S_ENUMS = {("V1CronJobSpec", "concurrency_policy"): ("Allow", "Forbid", "Replace")}
+
+
+def model_errors(value: Any, type_name: str, path: str = "") -> list[str]:
+    """Fields of ``value`` that the kubernetes client's model ``type_name`` does not have, or of the wrong kind."""
+    import kubernetes.client as k8s
+
+    where = path or "<root>"
+    if type_name.startswith("list["):
+        if not isinstance(value, list):
+            return [f"{where}: expected a list"]
+        return [e for i, v in enumerate(value) for e in model_errors(v, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith(("dict(", "dict[")):  # dict(str, V) in older clients, dict[str, V] in newer ones
+        if not isinstance(value, dict):
+            return [f"{where}: expected a mapping"]
+        inner = type_name[type_name.index(",") + 1:-1].strip()
+        if path.rsplit(".", 1)[-1] in _QUANTITY_MAPS and inner == "str":
+            return [f"{path}.{key}: expected a quantity" for key, v in value.items()
+                    if isinstance(v, bool) or not isinstance(v, (str, int, float))]
+        return [e for key, v in value.items() for e in model_errors(v, inner, f"{path}.{key}")]
+    if type_name in ("object", "datetime", "date"):
+        return []
+    if type_name in _SCALARS:
+        ok = isinstance(value, _SCALARS[type_name]) and not (type_name != "bool" and isinstance(value, bool))
+        return [] if ok else [f"{where}: expected {type_name}, got {value!r}"]
+    model = getattr(k8s, type_name)
+    if not isinstance(value, dict):
+        return [f"{where}: expected a {type_name} mapping"]
+    python_name = {json_name: name for name, json_name in model.attribute_map.items()}
+    errors = [f"{path}.{key}: unknown field of {type_name}" for key in value if key not in python_name]
+    for key, v in value.items():
+        if key in python_name:
+            errors += model_errors(v, model.openapi_types[python_name[key]], f"{path}.{key}" if path else key)
+            allowed = K8S_ENUMS.get((type_name, python_name[key]))
+            if allowed and v not in allowed:
+                errors.append(f"{path}.{key}: {v!r} is not one of {list(allowed)}")
+    return errors
+
+
+def k8s_model_errors(doc: dict, model: str) -> list[str]:
+    """Strict fields, then the client's own deserialization (required fields, enums)."""
+    import json
+
+    import kubernetes.client as k8s
+
+    errors = model_errors(doc, model)
+    if errors:
+        return errors
+
+    class _Response:  # what ApiClient.deserialize reads
+        data = json.dumps(doc)
+
+    try:
+        k8s.ApiClient().deserialize(_Response(), model)
+    except (ValueError, TypeError) as exc:
+        return [f"<root>: {exc}"]
+    return []
+
+
+def schema_errors(doc: dict) -> list[str]:
+    """Every schema violation of one manifest, as `path: message` lines (empty when it would apply)."""
+    import jsonschema
+
+    kind = doc.get("kind")
+    if (doc.get("apiVersion"), kind) in K8S_MODELS:
+        return k8s_model_errors(doc, K8S_MODELS[(doc.get("apiVersion"), kind)])
+    if doc.get("apiVersion") == "ray.io/v1":
+        schema = crd_schemas().get(kind)
+    else:
+        return [f"no schema for apiVersion {doc.get('apiVersion')} kind {kind}"]
+    if schema is None:
+        return [f"ray.io/v1 has no kind {kind}"]
+    validator = jsonschema.Draft7Validator(schema)
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(doc))
+
+
+@pytest.mark.parametrize("where", list(manifests()))
+def test_manifest_matches_its_schema(where):
+    errors = schema_errors(manifests()[where])
+    assert not errors, f"{where} would be rejected by kubectl apply:\n" + "\n".join(errors[:20])
+
+
+def test_every_infra_object_is_schema_checked():
+    kinds = {(d["apiVersion"], d["kind"]) for d in manifests().values()}
+    assert ("ray.io/v1", "RayCronJob") in kinds and ("ray.io/v1", "RayJob") in kinds and ("batch/v1", "CronJob") in kinds
+    for api, kind in kinds:
+        assert api == "ray.io/v1" or (api, kind) in K8S_MODELS, f"{api} {kind} has no schema check"
+
+
+def test_kuberay_crd_copy_is_v1_7_0_with_notice():
+    notice = (CRDS / "NOTICE").read_text()
+    assert "v1.7.0" in notice and "helm-chart/kuberay-operator/crds" in notice and "Apache" in notice
+    for path in CRDS.glob("ray.io_*.yaml"):
+        assert "controller-gen" in path.read_text()[:2000], path.name
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    # the field this file used to set: no KubeRay release has RayCronJob.spec.concurrencyPolicy
+    (lambda d: d["spec"].update(concurrencyPolicy="Forbid"), "concurrencyPolicy"),
+    (lambda d: d["spec"]["jobTemplate"].update(entrypont="typo"), "entrypont"),
+    (lambda d: d["spec"]["jobTemplate"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+     .update(imagePullPolice="Always"), "imagePullPolice"),
+    (lambda d: d["spec"]["jobTemplate"]["rayClusterSpec"]["workerGroupSpecs"][0].update(replicas="4"), "replicas"),
+    (lambda d: d["metadata"].update(lables={}), "lables"),
+    (lambda d: d["spec"].pop("schedule"), "schedule"),
+])
+def test_crd_check_rejects(mutate, expected):
+    doc = copy.deepcopy(load_one(KUBERAY / "raycronjob-nightly.yaml"))
+    mutate(doc)
+    errors = schema_errors(doc)
+    assert errors and any(expected in e for e in errors), errors
+
+
+def test_crd_check_int_or_string_and_preserved_maps():
+    doc = copy.deepcopy(load_one(KUBERAY / "raycluster.yaml"))
+    group = doc["spec"]["workerGroupSpecs"][0]
+    group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 3  # int-or-string: both forms
+    group["rayStartParams"] = {"any-flag": "1"}  # a string map
+    assert not schema_errors(doc)
+    group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = [3]
+    assert schema_errors(doc)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["spec"].update(concurrencyPolicey="Forbid"), "concurrencyPolicey"),
+    (lambda d: d["spec"].update(concurrencyPolicy="Never"), "Never"),
+    (lambda d: d["spec"]["jobTemplate"]["spec"].update(backofLimit=0), "backofLimit"),
+    (lambda d: d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].update(cmd=["x"]), "cmd"),
+])
+def test_k8s_check_rejects(mutate, expected):
+    doc = copy.deepcopy(load_one(INFRA / "k8s" / "cronjob-nightly.yaml"))
+    mutate(doc)
+    errors = schema_errors(doc)
+    assert errors and any(expected in e for e in errors), errors
+    cm = copy.deepcopy(load_one(INFRA / "k8s" / "configmap-env.yaml"))
+    cm["data"]["N"] = 1
+    assert schema_errors(cm)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -223,7 +421,6 @@ def test_rayjob(stage, tmp_path):
     name = doc["metadata"]["name"]
     assert DNS1035.match(name) and len(name) <= 47, f"{where}: RayJob name must be a DNS-1035 label of <= 47 chars"
     spec = doc["spec"]
-    assert not set(spec) - RAYJOB_SPEC_FIELDS, f"{where}: unknown RayJobSpec fields {sorted(set(spec) - RAYJOB_SPEC_FIELDS)}"
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", f"jobs.{STAGES[stage]}"], f"{where}: entrypoint must be python -m jobs.{STAGES[stage]}"
     assert argv[argv.index("--config") + 1] == f"jobs/configs/{stage}.yaml", f"{where}: --config jobs/configs/{stage}.yaml"
@@ -279,6 +476,49 @@ def test_rayjob_entrypoint_resolves_with_its_job_parser(stage, monkeypatch):
                 assert printed[key] == value, f"{stage}: {flag} {value} resolved to {printed[key]!r}"
 
 
+def _entrypoint_config(stage: str, monkeypatch) -> dict:
+    spec = load_one(KUBERAY / f"rayjob-{stage}.yaml")["spec"]
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert _job_main(STAGES[stage])(shlex.split(spec["entrypoint"])[3:] + ["--print-config"]) == 0
+    return yaml.safe_load(out.getvalue())
+
+
+@pytest.mark.parametrize("stage", ["train_tutor", "distill"])
+def test_training_rayjobs_read_vgg_weights_from_storage(stage, monkeypatch):
+    """The image holds no VGG19 weights: `torchvision` (hub cache) would stop the job before its first step."""
+    vgg = _entrypoint_config(stage, monkeypatch)["loss"]["vgg"]
+    assert isinstance(vgg, str) and vgg.startswith("s3://") and vgg.endswith(".pth"), f"{stage}: loss.vgg={vgg!r}"
+
+
+def test_evaluate_rayjob_scores_against_ground_truth(monkeypatch):
+    config = _entrypoint_config("evaluate", monkeypatch)
+    for key in ("ground_truth", "lpips_weights", "fid_weights"):
+        assert str(config[key]).startswith("s3://"), f"evaluate RayJob: {key} not set ({config[key]!r})"
+
+
+def test_vgg_weights_uri_is_checked_on_the_driver(s3_bucket):
+    """check_vgg_available (run by run_training before Ray starts) reads the s3:// URI and refuses what is not there
+    or not a VGG19 state dict, with one line naming the URI."""
+    import fsspec
+    import torch
+
+    from pipelines.core.errors import StageError
+    from pipelines.training.common import check_vgg_available
+    from pipelines.training.config import LossConfig
+
+    missing = f"{s3_bucket}/weights/vgg19-dcbb9e9d.pth"
+    with pytest.raises(StageError, match="no file at") as info:
+        check_vgg_available(LossConfig(vgg=missing))
+    assert missing in str(info.value)
+    wrong = f"{s3_bucket}/weights/not-vgg.pth"
+    with fsspec.open(wrong, "wb") as f:
+        torch.save({"conv.weight": torch.zeros(1)}, f)
+    with pytest.raises(StageError, match="VGG19"):
+        check_vgg_available(LossConfig(vgg=wrong))
+
+
 def test_raycronjob_nightly():
     doc = load_one(KUBERAY / "raycronjob-nightly.yaml")
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCronJob"
@@ -286,7 +526,7 @@ def test_raycronjob_nightly():
     assert_cron(spec["schedule"])
     assert "TZ" not in spec["schedule"], "use timeZone, not CRON_TZ in the schedule"
     zoneinfo.ZoneInfo(spec["timeZone"])  # a valid IANA zone
-    assert spec["concurrencyPolicy"] == "Forbid"
+    assert "concurrencyPolicy" not in spec, "RayCronJob has no concurrencyPolicy: overlap is stopped by the run lock"
     nightly = load_one(KUBERAY / "rayjob-nightly.yaml")["spec"]
     assert spec["jobTemplate"] == nightly, "raycronjob-nightly jobTemplate must equal the spec of rayjob-nightly.yaml"
     nightly_cfg = yaml.safe_load((CONFIGS / "nightly.yaml").read_text())
@@ -456,6 +696,11 @@ def test_cluster_launcher_shape():
         starts = [cmd for cmd in c[key] if "ray start" in cmd]
         assert starts and all("RAY_AUTH_MODE=token" in cmd for cmd in starts), f"{key}: start Ray with token auth"
     assert any("RAY_AUTH_MODE=token" in o for o in c["docker"]["run_options"])
+    amis = {t["node_config"].get("ImageId") for t in types.values()}
+    assert len(amis) == 1 and re.match(r"^ami-[0-9a-f]{8,17}$", str(next(iter(amis)))), \
+        f"every node type must name the one AMI (Ray's default image has a driver too old for CUDA 13): {amis}"
+    text = (INFRA / "cluster-launcher" / "aws-gpu.yaml").read_text()
+    assert "/aws/service/deeplearning/ami/" in text and "580" in text, "say how to pick the AMI and the driver floor"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -550,10 +795,15 @@ def test_dockerfile():
     assert final_user not in ("root", "0"), f"final USER is {final_user}"
     runs = [rest for word, rest in ins if word == "RUN"]
     pip_installs = [m for r in runs for m in re.findall(r"pip install[^&;]*", r)]
-    assert len(pip_installs) == 1, f"exactly one pip install command (the resolver must see every pin): {pip_installs}"
-    assert re.search(r"(-c|--constraint)\s+constraints\.txt", pip_installs[0]), "pip install must use -c constraints.txt"
+    assert pip_installs and all("--no-deps" in p for p in pip_installs), \
+        f"every pip install must take --no-deps (only infra/requirements.lock decides versions): {pip_installs}"
+    assert re.search(r"-r\s+infra/requirements\.lock", pip_installs[0]), "the first pip install must be the lock"
+    assert any(re.search(r"pip check", r) for r in runs), "pip check proves the locked set is consistent"
     copies = " ".join(rest for word, rest in ins if word == "COPY")
-    assert "constraints.txt" in copies
+    assert "infra/requirements.lock" in copies
+    apt = " ".join(r for r in runs if "apt-get install" in r).split()
+    for package in ("rsync", "openssh-client"):  # the Ray cluster launcher's file sync and worker set-up
+        assert package in apt, f"the image must install {package}"
     envs = " ".join(rest for word, rest in ins if word in ("ENV", "ARG"))
     assert "RAY_AUTH_MODE=token" in envs.replace(" ", ""), "document/default RAY_AUTH_MODE=token in the image"
     for word, rest in ins:
@@ -566,3 +816,59 @@ def test_dockerignore():
     ignore = (INFRA / "Dockerfile.dockerignore").read_text().split()
     for entry in (".git", ".venv", "runs", "data"):
         assert entry in ignore, f"Dockerfile.dockerignore must exclude {entry}"
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (INFRA / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and " " not in line, f"requirements.lock: not an exact pin: {line!r}"
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_lock_pins_every_dependency_and_agrees_with_constraints():
+    """The lock is closed (every requirement of every locked package is locked, markers evaluated for the image's
+    platform) and agrees with constraints.txt and with this venv (installed from constraints.txt)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    lock = _lock()
+    assert {"torch", "ray", "nvidia-cublas", "setuptools"} <= set(lock), "the lock must be the full transitive set"
+    env = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+    def closed(req: str, extras: set[str]) -> None:
+        r = Requirement(req)
+        if r.marker and not any(r.marker.evaluate({**env, "extra": e}) for e in (extras or {""})):
+            return
+        name = r.name.lower().replace("_", "-")
+        assert name in lock, f"{req} is not in infra/requirements.lock (regenerate: sh infra/make-lock.sh)"
+        assert r.specifier.contains(lock[name], prereleases=True), f"lock {name}=={lock[name]} violates {req}"
+
+    project = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in project["dependencies"]:
+        closed(req, set())
+        for extra in Requirement(req).extras:
+            for sub in metadata.requires(Requirement(req).name) or []:
+                closed(sub, {extra})
+    for name in lock:
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for sub in requires:
+            closed(sub, set())
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)$", line.strip())
+        if m and m.group(1).lower() in lock:
+            assert lock[m.group(1).lower()] == m.group(2), f"lock and constraints.txt disagree on {m.group(1)}"
+    for name, version in lock.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        assert installed.split("+")[0] == version.split("+")[0], f"{name}: venv {installed}, lock {version}"
