@@ -504,11 +504,6 @@ def read_tutor(uri: str):
     return loaded
 
 
-def tutor_version_of(uri: str) -> str:
-    """The tutor checkpoint's version (:func:`read_tutor`)."""
-    return read_tutor(uri).version
-
-
 def resolve_size(config: TutorInferenceConfig, meta: dict) -> None:
     """Height and width 0 become the tutor's training size (its checkpoint meta); a tutor that records none needs
     them given (:class:`ConfigError`, exit 2). A size given that differs from the tutor's is kept, with a warning."""
