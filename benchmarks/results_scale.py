@@ -99,6 +99,8 @@ def write_world(root: str, n_garments: int, n_models: int, *, rows: int, parts: 
             "decode_ms": np.full(n, 3.5), "model_ms": np.full(n, 11.0), "encode_ms": np.full(n, 1.5),
             "run_id": pa.array([f"2026{p:04d}T010000-{p:04x}"] * n),
             "finished_at": pa.array([t0 + datetime.timedelta(hours=p)] * n, pa.timestamp("ms", tz="UTC")),
+            "output_height": pc.if_else(ok, pa.scalar(256, pa.int32()), pa.scalar(None, pa.int32())),
+            "output_width": pc.if_else(ok, pa.scalar(192, pa.int32()), pa.scalar(None, pa.int32())),
         }, schema=RESULTS_SCHEMA)
         manifests.write_manifest(table, storage.join_uri(out, "results", f"part-{p:04d}-000000.parquet"))
     return {"root": root, "output": out, "version": VERSION, "rows": int(total), "parts": parts,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import Flag, Job
+from jobs.cli import RAY_STAGE_FLAGS, Flag, Job
 from pipelines.stages.catalog_tryon import PRESETS, CatalogConfig, run
 
 JOB = Job(__doc__, CatalogConfig, PRESETS, run, flags=(
@@ -24,10 +24,19 @@ JOB = Job(__doc__, CatalogConfig, PRESETS, run, flags=(
     Flag("--width", "model input width (multiple of 32)"),
     Flag("--batch-size", "pairs per forward pass"),
     Flag("--tile-size", "garments and models per tile (encoders run once per tile)"),
+    Flag("--pairs", "only these pairs: CSV/Parquet file (local or s3://) with garment_id, model_id columns"),
+    Flag("--match", "only pairs whose garment and model rows have equal values in these manifest columns "
+                    "(COLUMN[,COLUMN], e.g. gender,season; a null value matches nothing)"),
+    Flag("--output-size", "original: each try-on at its person photo's own size, placed into the photo (garment "
+                          "sampled from the garment photo); model: the model size; auto: original for catalogs from "
+                          "jobs.import_catalog"),
+    Flag("--format", "output image format: jpeg|png|webp (jpeg_quality is the JPEG/WebP quality)"),
+    Flag("--expect-version", "refuse (exit 2) a student whose weights are not this version (nightly passes the "
+                             "promoted one)"),
     Flag("--precision", "autocast precision of the forward pass (auto: bf16 where the GPU supports it)"),
     Flag("--actors", "model actors (0 = one per GPU, or automatic on CPU)"),
     Flag("--max-error-rate", "exit 1 when error pairs / attempted pairs exceed this"),
-    Flag("--force-unlock", "take over a lock left by a dead run"),
+    *RAY_STAGE_FLAGS,
 ))
 main = JOB.main
 

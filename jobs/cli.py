@@ -73,6 +73,14 @@ TRAIN_FLAGS = (
 )
 
 
+#: The flags every Ray Data stage shares (catalog_tryon, tutor_inference, evaluate).
+RAY_STAGE_FLAGS = (
+    Flag("--allowed-root", "a folder (absolute path or s3:// prefix) that manifests may name images in, besides the "
+                           "manifests' own folders; repeat for more", field="allowed_roots", extend=True),
+    Flag("--force-unlock", "take over a lock left by a dead run"),
+)
+
+
 @dataclass(frozen=True)
 class Job:
     """One stage's CLI. ``doc``: the job module's docstring (first paragraph: the description; the rest, examples and

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import Flag, Job
+from jobs.cli import RAY_STAGE_FLAGS, Flag, Job
 from pipelines.stages.evaluate import PRESETS, EvaluateConfig, run
 
 JOB = Job(__doc__, EvaluateConfig, PRESETS, run, flags=(
@@ -23,7 +23,7 @@ JOB = Job(__doc__, EvaluateConfig, PRESETS, run, flags=(
     Flag("--lpips-weights", "LPIPS state dict (full, or lin layers + --set lpips_backbone_weights=URI)"),
     Flag("--fid-weights", "torchvision Inception-v3 state dict for FID"),
     Flag("--batch-size", "pairs per work unit"),
-    Flag("--force-unlock", "take over a lock left by a dead run"),
+    *RAY_STAGE_FLAGS,
 ))
 main = JOB.main
 

@@ -1,15 +1,16 @@
-"""Nightly catalog run: submit the catalog stage for the newest student to a Ray cluster, once per day.
+"""Nightly catalog run: submit the catalog stage for the promoted student to a Ray cluster, once per day.
 
     python -m jobs.nightly --config jobs/configs/nightly.yaml --address http://head:8265 \\
-        --students s3://b/distill --garments s3://b/catalog/garments.parquet \\
+        --promotions s3://b/production --garments s3://b/catalog/garments.parquet \\
         --models s3://b/catalog/models.parquet --output s3://b/tryon
 
-The submission id is {submission_prefix}-YYYY-MM-DD, so a second submission the same day is refused; see
-pipelines.stages.nightly for how the newest student is chosen. The last stdout line is one JSON object:
-submission_id, status, student, exit_code and, when it waited, the catalog's own summary (job_summary).
+The submission id is {submission_prefix}-YYYY-MM-DD, so a second submission the same day is refused. The student
+is the newest promotion (python -m jobs.promote --to PREFIX, the same PREFIX as --promotions); a training run nobody
+promoted is never used. The last stdout line is one JSON object: submission_id, status, student, student_version,
+promotion, exit_code and, when it waited, the catalog's own summary (job_summary).
 
 Exit status: 0 submitted (--no-wait) or SUCCEEDED; 1 job FAILED/STOPPED (or the catalog's own non-zero exit
-code: 1 error rate exceeded, 2 config error or held lock); 2 usage/config error, no student found, cluster
+code: 1 error rate exceeded, 2 config error or held lock); 2 usage/config error, no promotion found, cluster
 unreachable; 3 this date's submission already exists (already ran / is running); 4 still running when --timeout
 expired (the job keeps running).
 
@@ -27,7 +28,7 @@ from pipelines.stages.nightly import PRESETS, NightlyConfig, exit_code, run
 JOB = Job(__doc__, NightlyConfig, PRESETS, run, exit_code=exit_code, set_example="env_vars.PFAFN_LOG_LEVEL=DEBUG",
           flags=(
     Flag("--address", "Ray dashboard / job API address, e.g. http://head:8265 (default: $RAY_ADDRESS)"),
-    Flag("--students", "prefix holding one folder per distill run, each with summary.json"),
+    Flag("--promotions", "promotions prefix (jobs.promote --to): the newest record under PREFIX/promotions/ wins"),
     Flag("--garments", "garments manifest for the catalog (Parquet/CSV)"),
     Flag("--models", "models manifest for the catalog (Parquet/CSV)"),
     Flag("--output", "catalog output root (local folder on the cluster or s3://...)"),
@@ -44,7 +45,7 @@ JOB = Job(__doc__, NightlyConfig, PRESETS, run, exit_code=exit_code, set_example
     Flag("--entrypoint-num-cpus", "CPUs reserved for the catalog driver process"),
     Flag("--wait", "wait for the job, streaming its logs (--no-wait: submit and exit 0)", negatable=True),
     Flag("--timeout", "seconds to wait before exiting 4 (0 = no limit)", field="timeout_s"),
-    Flag("--dry-run", "find the student and print the submission without contacting the cluster"),
+    Flag("--dry-run", "find the promoted student and print the submission without contacting the cluster"),
 ))
 main = JOB.main
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import Flag, Job
+from jobs.cli import RAY_STAGE_FLAGS, Flag, Job
 from pipelines.stages.tutor_inference import PRESETS, TutorInferenceConfig, run
 
 JOB = Job(__doc__, TutorInferenceConfig, PRESETS, run, flags=(
@@ -26,7 +26,7 @@ JOB = Job(__doc__, TutorInferenceConfig, PRESETS, run, flags=(
     Flag("--precision", "autocast precision of the forward pass (auto: bf16 where the GPU supports it)"),
     Flag("--actors", "model actors (0 = one per GPU, or automatic on CPU)"),
     Flag("--max-error-rate", "exit 1 when error fakes / attempted fakes exceed this"),
-    Flag("--force-unlock", "take over a lock left by a dead run"),
+    *RAY_STAGE_FLAGS,
 ))
 main = JOB.main
 

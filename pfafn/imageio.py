@@ -2,13 +2,18 @@
 convert to / from model tensors. Pure numpy + Pillow (no torch, no Ray).
 
 Decode policy (:func:`decode_image`)
-    * Formats: JPEG (incl. MPO), PNG (incl. APNG: first frame) and WebP (first frame). The format is sniffed from
-      the magic bytes; other recognised image formats (GIF, BMP, TIFF, HEIC/AVIF, JPEG 2000, ...) raise
-      :class:`UnsupportedImageError`, anything else :class:`NotAnImageError`.
+    * Formats: JPEG (incl. MPO), PNG (incl. APNG: first frame), WebP (first frame), TIFF (first page; 8/16-bit,
+      float, CMYK, any compression Pillow's libtiff reads) and AVIF (first frame) where this Pillow has its AVIF
+      plugin; HEIC/HEIF only where the ``pillow_heif`` plugin is importable (else :class:`UnsupportedImageError`
+      "unsupported format: HEIC (no HEIF decoder installed)"). The format is sniffed from the magic bytes (for the
+      ISO-BMFF family from the ``ftyp`` brands); other recognised image formats (GIF, BMP, JPEG 2000, ...) raise
+      :class:`UnsupportedImageError`, anything else :class:`NotAnImageError`. Only the sniffed format's Pillow
+      plugin may open the bytes, so a file cannot pass as another format.
     * Size: the pixel count declared in the header is checked against ``max_pixels`` *before* any pixel is decoded
       (:class:`ImageTooLargeError`); Pillow's own ``DecompressionBombError`` / ``DecompressionBombWarning`` are
       turned into the same error. PNG text/ICC chunks over Pillow's limits count as too large as well.
-    * EXIF orientation (tag 0x0112, JPEG/WebP/PNG eXIf) is applied, so the array is upright as a viewer shows it.
+    * EXIF orientation (tag 0x0112, JPEG/WebP/PNG eXIf/TIFF; AVIF's irot/imir, which Pillow reports as that tag) is
+      applied, so the array is upright as a viewer shows it.
       A corrupt EXIF block is ignored (the pixels are still valid); the image is then returned as stored.
     * Modes → RGB uint8: grayscale / bilevel replicated; palette expanded (its transparency honoured); CMYK and
       YCbCr/LAB/HSV converted by Pillow (ICC profiles are *not* applied; pixel values are treated as sRGB);
@@ -44,6 +49,11 @@ __all__ = [
     "ImageTooLargeError",
     "UnsupportedImageError",
     "sniff_format",
+    "ImageInfo",
+    "probe_image",
+    "accepted_formats",
+    "MASK_ASPECT_TOLERANCE",
+    "match_mask_size",
     "decode_image",
     "decode_mask",
     "FitGeometry",
@@ -52,6 +62,7 @@ __all__ = [
     "fit_mask",
     "encode_jpeg",
     "encode_png",
+    "encode_webp",
     "to_model_tensor",
     "from_model_tensor",
     "mask_to_tensor",
@@ -62,6 +73,7 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 50_000_000
 
 _ORIENTATION_TAG = 0x0112
+_TIFF_NEW_SUBFILE_TYPE = 254  # bit 0: "reduced-resolution version of another image" (TIFF 6.0, section 8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -103,30 +115,88 @@ class UnsupportedImageError(ImageDecodeError):
 # Sniffing
 
 # Pillow's JPEG opener also returns MPO (multi-picture JPEG from phone cameras) files; the first picture is used.
-_ACCEPTED = {"JPEG": ["JPEG"], "PNG": ["PNG"], "WEBP": ["WEBP"]}
+# Sniffed format -> the Pillow plugins allowed to open it. AVIF needs Pillow's AVIF plugin (Pillow >= 11.3 built
+# with libavif); HEIC the third-party pillow_heif plugin (its opener registers the format "HEIF").
+_ALWAYS = {"JPEG": ["JPEG"], "PNG": ["PNG"], "WEBP": ["WEBP"], "TIFF": ["TIFF"]}
+_OPTIONAL = {"AVIF": (["AVIF"], "no AVIF decoder in this Pillow"),
+             "HEIC": (["HEIF"], "no HEIF decoder installed")}
+_plugins: dict[str, bool] = {}
+
+# ISO-BMFF ``ftyp`` brands (ISO/IEC 23008-12 HEIF, AV1 Image File Format): the major brand, else the compatible ones.
+_AVIF_BRANDS = (b"avif", b"avis")
+_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs")
+_HEIF_BRANDS = (b"mif1", b"msf1", b"miaf")
+
+
+def _plugin_available(fmt: str) -> bool:
+    """Whether this process can decode the optional format ``fmt`` (checked once)."""
+    if fmt not in _plugins:
+        if fmt == "AVIF":
+            from PIL import features
+
+            _plugins[fmt] = bool(features.check("avif"))
+        else:
+            try:
+                import pillow_heif  # type: ignore[import-not-found]
+
+                pillow_heif.register_heif_opener()
+                _plugins[fmt] = True
+            except Exception:  # not installed, or a broken install: the format is reported unsupported
+                _plugins[fmt] = False
+    return _plugins[fmt]
+
+
+def accepted_formats() -> list[str]:
+    """The formats :func:`decode_image` decodes in this process (sniffed names, e.g. ``["JPEG", ..., "AVIF"]``)."""
+    return list(_ALWAYS) + [f for f in _OPTIONAL if _plugin_available(f)]
+
+
+def _bmff_format(data: bytes) -> str | None:
+    """``AVIF`` / ``HEIC`` for an ISO-BMFF image file (``....ftyp`` + brands), else None."""
+    head = bytes(data[:64])
+    if head[4:8] != b"ftyp" or len(head) < 12:
+        return None
+    box = int.from_bytes(head[:4], "big")
+    major = head[8:12]
+    compatible = [head[k:k + 4] for k in range(16, min(max(box, 16), len(head)) - 3, 4)]
+    for brands, name in ((_AVIF_BRANDS, "AVIF"), (_HEIC_BRANDS, "HEIC")):
+        if major in brands:
+            return name
+    if major in _HEIF_BRANDS or any(b in _HEIF_BRANDS for b in compatible):
+        if any(b in _AVIF_BRANDS for b in compatible):
+            return "AVIF"
+        return "HEIC"  # any other HEIF (HEVC-coded in practice): pillow_heif's family
+    return None
+
+
+def _is_prefix(head: bytes, magic: bytes, at_least: int = 1) -> bool:
+    """``head`` is a cut-short ``magic`` (a file truncated inside its signature) of at least ``at_least`` bytes."""
+    return at_least <= len(head) < len(magic) and magic.startswith(head)
 
 
 def sniff_format(data: bytes) -> str | None:
-    """``"JPEG"``, ``"PNG"``, ``"WEBP"`` for accepted formats; the name of another recognised image format; or
-    None. A prefix of an accepted signature (a file cut inside its magic) sniffs as that format."""
+    """``"JPEG"``, ``"PNG"``, ``"WEBP"``, ``"TIFF"``, ``"AVIF"``, ``"HEIC"`` or the name of another recognised image
+    format; None for anything else. A prefix of a signature (a file cut inside its magic) sniffs as that format
+    (TIFF from 2 bytes on: ``II`` / ``MM``)."""
     head = bytes(data[:32])
-    if head.startswith(b"\xff\xd8\xff") or (len(head) < 3 and b"\xff\xd8\xff".startswith(head) and head):
+    if head.startswith(b"\xff\xd8\xff") or _is_prefix(head, b"\xff\xd8\xff"):
         return "JPEG"
     png = b"\x89PNG\r\n\x1a\n"
-    if head.startswith(png) or (len(head) < len(png) and png.startswith(head) and head):
+    if head.startswith(png) or _is_prefix(head, png):
         return "PNG"
     if head[:4] == b"RIFF" and (head[8:12] == b"WEBP" or (len(head) < 12 and b"WEBP".startswith(head[8:12]))):
         return "WEBP"
-    if 0 < len(head) < 4 and b"RIFF".startswith(head):
+    if _is_prefix(head, b"RIFF"):
         return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*") or _is_prefix(head, b"II*\x00", 2) or _is_prefix(head, b"MM\x00*", 2):
+        return "TIFF"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
     if head[:2] == b"BM" and len(head) >= 10 and head[6:10] == b"\x00\x00\x00\x00":
         return "BMP"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis"):
-        return "HEIF/AVIF"
+    bmff = _bmff_format(data)
+    if bmff is not None:
+        return bmff
     if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
         return "JPEG2000"
     if head[:4] == b"8BPS":
@@ -169,12 +239,17 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     fmt = sniff_format(data)
     if fmt is None:
         raise NotAnImageError(_describe_non_image(data))
-    if fmt not in _ACCEPTED:
-        raise UnsupportedImageError(f"unsupported image format {fmt} (accepted: JPEG, PNG, WebP)")
+    plugins = _ALWAYS.get(fmt)
+    if plugins is None and fmt in _OPTIONAL:
+        if not _plugin_available(fmt):
+            raise UnsupportedImageError(f"unsupported format: {fmt} ({_OPTIONAL[fmt][1]})")
+        plugins = _OPTIONAL[fmt][0]
+    if plugins is None:
+        raise UnsupportedImageError(f"unsupported format: {fmt} (accepted: {', '.join(accepted_formats())})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=_ACCEPTED[fmt])
+            im = Image.open(io.BytesIO(data), formats=plugins)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image too large: {_first_clause(exc)}") from None
     except UnidentifiedImageError:
@@ -186,7 +261,31 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         raise TruncatedImageError(f"corrupt {fmt}: zero-sized image {w}x{h}")
     if w * h > max_pixels:
         raise ImageTooLargeError(f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+    if fmt == "TIFF" and int(getattr(im, "tag_v2", {}).get(_TIFF_NEW_SUBFILE_TYPE, 0) or 0) & 1:
+        # Camera raw files (NEF, CR2, ARW) are TIFF-based and start with a small preview page: not the photo.
+        raise UnsupportedImageError(f"unsupported TIFF: its first page is a {w}x{h} reduced-resolution preview "
+                                    "(a camera raw file?)")
     return im, fmt
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an accepted image says: its sniffed format and stored size (before EXIF orientation)."""
+
+    format: str
+    width: int
+    height: int
+
+
+def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Check that ``data`` is an image :func:`decode_image` accepts, from the header only (no pixel is decoded): the
+    same sniffing, plugin restriction and pixel budget, with the same typed errors. A file truncated after its
+    header passes here and fails at decode."""
+    im, fmt = _open(data, max_pixels)
+    try:
+        return ImageInfo(fmt, im.size[0], im.size[1])
+    finally:
+        im.close()
 
 
 def _first_clause(exc: BaseException) -> str:
@@ -234,6 +333,9 @@ def _load(data: bytes, max_pixels: int, draft_size: tuple[int, int] | None) -> I
         raise ImageTooLargeError(f"image too large: out of memory decoding {im.size[0]}x{im.size[1]}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         raise _load_error(fmt, exc) from None
+    # Read again after loading: Pillow's TIFF plugin applies the orientation itself while loading and then drops the
+    # tag, so the TIFF comes back upright with orientation 1 (applying the tag read before would rotate it twice).
+    orientation = _orientation(im)
     if orientation != 1:
         method = {
             2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -296,7 +398,8 @@ def _image_to_rgb(im: Image.Image) -> np.ndarray:
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  draft_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode JPEG/PNG/WebP bytes to an upright ``uint8 H×W×3`` RGB array (see the module docstring).
+    """Decode JPEG/PNG/WebP/TIFF/AVIF (HEIC with pillow_heif) bytes to an upright ``uint8 H×W×3`` RGB array (see
+    the module docstring).
 
     Args:
         data: the encoded bytes (untrusted).
@@ -453,16 +556,40 @@ def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     with 0. Accepts bool, uint8 (0..255) or float masks."""
     m = _mask_to_float(mask)
     g = fit_geometry(m.shape[0], m.shape[1], height, width)
-    if (g.new_height, g.new_width) == m.shape:
-        resized = m
-    else:
-        down = g.new_height < m.shape[0] or g.new_width < m.shape[1]
-        pil = Image.fromarray(np.ascontiguousarray(m), "F")
-        pil = pil.resize((g.new_width, g.new_height), Image.Resampling.BOX if down else Image.Resampling.BILINEAR)
-        resized = np.clip(np.asarray(pil, dtype=np.float32), 0.0, 1.0)
+    resized = m if (g.new_height, g.new_width) == m.shape else _resize_mask(m, g.new_height, g.new_width)
     out = np.zeros((height, width), dtype=np.float32)
     out[g.top : g.top + g.new_height, g.left : g.left + g.new_width] = resized
     return out
+
+
+#: Relative aspect-ratio difference up to which a mask of another resolution is resized to its image (1 %: the
+#: rounding of a downscaled export, e.g. a 1000×750 photo with a 333×250 mask, is well inside it).
+MASK_ASPECT_TOLERANCE = 0.01
+
+
+def match_mask_size(mask: np.ndarray, height: int, width: int, *, tolerance: float = MASK_ASPECT_TOLERANCE
+                    ) -> np.ndarray:
+    """A mask made to cover a ``height×width`` image: returned as ``float32`` unchanged when the sizes match, resized
+    (box down, bilinear up, like :func:`fit_mask`) when only the resolution differs — aspect ratios within
+    ``tolerance`` (relative) — else ``ValueError`` naming both sizes (a mask of another framing would misplace the
+    garment)."""
+    m = _mask_to_float(mask)
+    mh, mw = m.shape
+    if (mh, mw) == (height, width):
+        return m
+    image_aspect, mask_aspect = width / height, mw / mh
+    if abs(mask_aspect - image_aspect) > tolerance * image_aspect:
+        raise ValueError(f"mask is {mw}x{mh} but the image is {width}x{height} (aspect ratios {mask_aspect:.3f} and "
+                         f"{image_aspect:.3f} differ by more than {tolerance:.0%})")
+    return _resize_mask(m, height, width)
+
+
+def _resize_mask(m: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 mask resized to ``height×width``: box averaging down, bilinear up (no Lanczos overshoot), in [0, 1]."""
+    down = height < m.shape[0] or width < m.shape[1]
+    pil = Image.fromarray(np.ascontiguousarray(m), "F")
+    pil = pil.resize((width, height), Image.Resampling.BOX if down else Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(pil, dtype=np.float32), 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -491,6 +618,18 @@ def encode_png(img: np.ndarray, *, compress_level: int = 6) -> bytes:
     mode = "L" if a.ndim == 2 else ("RGB" if a.shape[2] == 3 else "RGBA")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(a), mode).save(buf, "PNG", compress_level=int(compress_level))
+    return buf.getvalue()
+
+
+def encode_webp(img: np.ndarray, quality: int = 90, *, lossless: bool = False) -> bytes:
+    """WebP bytes of a uint8 H×W×3 RGB image (lossy at ``quality``, or lossless). ``method=2`` (of libwebp's 0-6
+    effort levels): Pillow's default 4 took seconds on detailed 1024×768 images here, for a few % smaller files."""
+    img = _check_image(img)
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img), "RGB").save(buf, "WEBP", quality=int(quality), lossless=lossless,
+                                                           method=2)
     return buf.getvalue()
 
 

@@ -39,6 +39,8 @@ class TryOnOutput:
         flow: B×2×H×W normalized sampling grid, channel 0 = x (align_corners=True convention).
         rendered: B×3×H×W generator rendering, tanh, in [-1, 1].
         composite_mask: B×1×H×W ``sigmoid(logit) * warped_mask``, in [0, 1].
+        blend_mask: B×1×H×W ``sigmoid(logit)`` before the multiplication by ``warped_mask``: the generator's own
+            part of the composition, which :mod:`pfafn.fullres` combines with a full-resolution warped mask.
     """
 
     tryon: Tensor
@@ -47,6 +49,18 @@ class TryOnOutput:
     flow: Tensor
     rendered: Tensor
     composite_mask: Tensor
+    blend_mask: Tensor
+
+
+def _compose(gen_out: Tensor, warped_garment: Tensor, warped_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`compose_tryon` plus the ``sigmoid(logit)`` factor of its composition mask."""
+    with fp32_region(gen_out.device):
+        gen_out = gen_out.float()
+        rendered = torch.tanh(gen_out[:, :3])
+        blend_mask = torch.sigmoid(gen_out[:, 3:4])
+        composite_mask = blend_mask * warped_mask.float()
+        tryon = warped_garment.float() * composite_mask + rendered * (1 - composite_mask)
+    return tryon, rendered, composite_mask, blend_mask
 
 
 def compose_tryon(gen_out: Tensor, warped_garment: Tensor, warped_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -57,12 +71,7 @@ def compose_tryon(gen_out: Tensor, warped_garment: Tensor, warped_mask: Tensor) 
         warped_garment: B×3×H×W in [-1, 1].
         warped_mask: B×1×H×W in [0, 1].
     """
-    with fp32_region(gen_out.device):
-        gen_out = gen_out.float()
-        rendered = torch.tanh(gen_out[:, :3])
-        composite_mask = torch.sigmoid(gen_out[:, 3:4]) * warped_mask.float()
-        tryon = warped_garment.float() * composite_mask + rendered * (1 - composite_mask)
-    return tryon, rendered, composite_mask
+    return _compose(gen_out, warped_garment, warped_mask)[:3]
 
 
 def _check_pair(person: Tensor, garment: Tensor, garment_mask: Tensor) -> None:
@@ -99,7 +108,8 @@ class TryOnModel(nn.Module):
     def render(self, person: Tensor, warped: WarpOutput) -> TryOnOutput:
         """Generator + composition from a warp result that carries ``warped_mask``."""
         gen_in = torch.cat([person, warped.warped_garment.to(person.dtype), warped.warped_mask.to(person.dtype)], 1)
-        tryon, rendered, composite_mask = compose_tryon(self.gen(gen_in), warped.warped_garment, warped.warped_mask)
+        tryon, rendered, composite_mask, blend_mask = _compose(self.gen(gen_in), warped.warped_garment,
+                                                               warped.warped_mask)
         return TryOnOutput(
             tryon=tryon,
             warped_garment=warped.warped_garment,
@@ -107,6 +117,7 @@ class TryOnModel(nn.Module):
             flow=warped.flow,
             rendered=rendered,
             composite_mask=composite_mask,
+            blend_mask=blend_mask,
         )
 
     def from_features(

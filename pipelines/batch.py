@@ -64,6 +64,9 @@ class RayStageConfig:
     # becomes an error row "outside allowed roots", unread.
     allowed_roots: list[str] = field(default_factory=list)
     read_timeout_s: float = 120.0  # one input read (S3 GET or local file); past it the input is an error row
+    # One progress line (items and units done / total, rate, ETA, ok/error) every this many seconds and at the end;
+    # 0 logs one per committed unit (docs/operations.md).
+    progress_every_s: float = 30.0
 
     def check_common(self, where: str, *required: str) -> None:
         """Choices, required fields and batch size; each stage's ``validate()`` adds its own rules."""
@@ -75,6 +78,8 @@ class RayStageConfig:
 
         check_ttl(where, self.lock_ttl_s)
         check_input_settings(where, self.allowed_roots, self.read_timeout_s)
+        if not self.progress_every_s >= 0:
+            raise ConfigError(f"{where}: progress_every_s must be >= 0")
 
 
 @dataclass
@@ -212,8 +217,9 @@ def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.
     """Read, decode and fit one garment photo and its mask (read, or extracted from a plain-background photo).
 
     Returns ``(uint8 H×W×3, uint8 H×W mask in {0, 255})`` at ``cfg["height"] × cfg["width"]``. Raises
-    :class:`InputError` naming ``garment image`` or ``garment mask`` (a mask that cannot be read or decoded, does
-    not match the photo's size, or was extracted with too little confidence).
+    :class:`InputError` naming ``garment image`` or ``garment mask`` (a mask that cannot be read or decoded, has
+    another aspect ratio than the photo — one of the same aspect is resized to it —, or was extracted with too little
+    confidence).
     """
     from pfafn import garment_mask, imageio
 
@@ -222,9 +228,8 @@ def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.
     with blame("garment mask"):
         if mask_uri:
             mask = imageio.decode_mask(read_input(mask_uri, cfg), max_pixels=cfg["max_image_pixels"])
-            if mask.shape != image.shape[:2]:
-                raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the garment image is "
-                                 f"{image.shape[1]}x{image.shape[0]}")
+            # Another resolution of the same framing (aspect within 1 %) is resized; another framing is an error.
+            mask = imageio.match_mask_size(mask, *image.shape[:2])
         else:
             extracted = garment_mask.extract_garment_mask(image)
             if extracted.confidence < cfg["min_mask_confidence"]:
@@ -462,9 +467,15 @@ def stream_units(
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def progress(done: int, total: int) -> bool:
-    """Whether to log progress after ``done`` of ``total`` units (about 20 lines per run)."""
-    return done == total or done % max(1, total // 20) == 0
+def progress(stage: "BatchStage", run: "BatchRun", clock: Callable[[], float] = time.monotonic):
+    """The run's :class:`pipelines.core.progress.StreamProgress`: items (the stage's :meth:`BatchStage.unit_items`)
+    and units done / total, one line every ``progress_every_s`` seconds and at the last unit."""
+    from pipelines.core.progress import StreamProgress
+
+    return StreamProgress(f"{stage.name} {run.run_id}", items_total=sum(map(stage.unit_items, run.units)),
+                          units_total=len(run.units), item_name=stage.item_name or stage.unit_name,
+                          unit_name=stage.unit_name, every_s=getattr(stage.config, "progress_every_s", 30.0),
+                          clock=clock)
 
 
 def worker_cfg(config, run: "BatchRun") -> dict:
@@ -519,6 +530,7 @@ class BatchStage:
 
     name: ClassVar[str] = ""  # the summary's "stage" and the log prefix
     unit_name: ClassVar[str] = "unit"  # what progress lines call a unit ("tile", "chunk")
+    item_name: ClassVar[str] = ""  # what progress lines call an item ("pair", "sample"); "": a unit is the item
     path_fields: ClassVar[tuple[str, ...]] = ()  # config fields made absolute before any path leaves the driver
     model_cls: ClassVar[type | None] = None  # the model actor (a UnitActor); None: decode -> write only
     payload: ClassVar[str] = "images"  # the model actor's output column
@@ -537,6 +549,10 @@ class BatchStage:
     def plan(self, run: BatchRun) -> list[dict]:
         """The units still to do (ids/URIs only, the done set removed)."""
         raise NotImplementedError
+
+    def unit_items(self, unit: dict) -> int:
+        """How many items (the rows it commits: pairs, samples) a planned unit holds; progress counts them."""
+        return 1
 
     def write_planned(self, run: BatchRun) -> int:
         """Write the error rows decided at planning (rejected manifest rows, missing inputs); return how many count
@@ -617,16 +633,19 @@ def _execute(stage: BatchStage, run: BatchRun) -> None:
         model_kwargs=stage.model_kwargs(cfg),
         payload=stage.payload,
     )
-    total = len(run.units)
-    for done, row in enumerate(rows, start=1):
+    meter = progress(stage, run)
+    for row in rows:
         run.ok += int(row["ok"])
         run.error += int(row["error"])
         for key in stage.timing_keys:
             run.timings[key] += float(row[key])
         stage.collect(row, run)
-        if progress(done, total):
-            log.info("%s %s: %ss %d/%d written: %d ok, %d error", stage.name, run.run_id, stage.unit_name, done,
-                     total, run.ok, run.error)
+        # rows arrive out of order and name their unit in stage-specific ways; a unit's rows (ok + error) are its
+        # items, which is what unit_items() counted at planning for a stage that names its items
+        items = int(row["ok"]) + int(row["error"]) if stage.item_name else 1
+        line = meter.unit_done(items, run.ok, run.error)
+        if line:
+            log.info("%s", line)
     run.timings["execute_s"] = time.time() - started
 
 

@@ -209,11 +209,11 @@ def test_decode_garment_tells_the_photo_from_its_mask(tmp_path):
     garment, fitted_mask = decode_garment(image, mask, cfg)
     assert garment.shape == (SIZE, SIZE, 3) and set(np.unique(fitted_mask)) <= {0, 255}
     small = tmp_path / "small_mask.png"
-    small.write_bytes(png_bytes(np.zeros((SIZE // 2, SIZE // 2), np.uint8)))
+    small.write_bytes(png_bytes(np.zeros((SIZE // 2, SIZE), np.uint8)))  # another aspect ratio (same is resized)
     blank = tmp_path / "blank.png"
     blank.write_bytes(png_bytes(np.full((SIZE, SIZE, 3), 255, np.uint8)))
     cases = {(str(tmp_path / "missing.png"), mask): "garment image: ",
-             (image, str(small)): "garment mask: ",  # the mask's size does not match the photo's
+             (image, str(small)): "garment mask: ",  # the mask's aspect ratio does not match the photo's
              (image, str(tmp_path / "missing_mask.png")): "garment mask: ",
              (str(blank), None): "garment mask: "}  # nothing to extract: low confidence or refused
     for (img, msk), prefix in cases.items():

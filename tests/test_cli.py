@@ -108,7 +108,8 @@ def test_help_of_each_job_runs_as_a_module():
 # The demo has no required input (it runs everything on its defaults), so it is not here.
 MISSING_INPUT = {
     "catalog_tryon": "--garments is required", "distill": "--data is required", "evaluate": "--results is required",
-    "generate_synthetic": "--output is required", "import_viton": "--source", "nightly": "--students is required",
+    "generate_synthetic": "--output is required", "import_viton": "--source", "nightly": "--promotions is required",
+    "promote": "--student is required", "import_catalog": "--output is required",
     "train_tutor": "--data is required", "tutor_inference": "--data is required",
 }
 

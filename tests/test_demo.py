@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 
 from jobs import demo
 
-pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_every_stage_with_a_relative_output(ray_session, tmp_path, monkeypatch, capsys):

@@ -119,7 +119,8 @@ def write_world(tmp: Path) -> tuple[str, str]:
     def add(gid, mid, status, uri, error, when):
         for name, value in (("garment_id", gid), ("model_id", mid), ("student_version", VERSION), ("status", status),
                             ("error", error), ("image_uri", uri), ("decode_ms", 1.0), ("model_ms", 1.0),
-                            ("encode_ms", 1.0), ("run_id", "r1"), ("finished_at", when)):
+                            ("encode_ms", 1.0), ("run_id", "r1"), ("finished_at", when), ("output_height", None),
+                            ("output_width", None)):
             rows[name].append(value)
 
     # an earlier failed attempt of a pair that later succeeded: the evaluation uses the ok row

@@ -75,7 +75,7 @@ def test_random_bytes_and_text_are_not_images():
         imageio.decode_image(b"<html><body>404 Not Found</body></html>\n")
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["GIF", "BMP"])
 def test_other_image_formats_are_unsupported(fmt):
     with pytest.raises(UnsupportedImageError, match=fmt):
         imageio.decode_image(_save(Image.fromarray(_rgb_noise(8, 8)), fmt))
@@ -278,3 +278,102 @@ def test_model_tensor_conversions():
     m = imageio.mask_to_tensor(np.array([[0, 255]], np.uint8))
     assert m.shape == (1, 1, 2) and m.tolist() == [[[0.0, 1.0]]]
     assert imageio.mask_from_tensor(m, threshold=0.5).tolist() == [[False, True]]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# TIFF, AVIF, HEIC (issue #14) and the mask-size rule
+
+
+def _tiff_header_only(width: int, height: int) -> bytes:
+    """A little-endian TIFF whose one IFD declares ``width×height`` RGB and points at no pixel data."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 2), (273, 4, 0), (277, 3, 3),
+            (278, 4, height), (279, 4, 0)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, k, 1, v) for t, k, v in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00\x00\x00\x00"
+
+
+avif = pytest.mark.skipif(not imageio._plugin_available("AVIF"), reason="this Pillow has no AVIF plugin")
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "tiff_adobe_deflate"])
+def test_tiff_decodes_exactly(compression):
+    img = _rgb_noise()
+    data = _save(Image.fromarray(img), "TIFF", **({"compression": compression} if compression else {}))
+    assert imageio.sniff_format(data) == "TIFF"
+    assert np.array_equal(imageio.decode_image(data), img)
+    assert imageio.probe_image(data) == imageio.ImageInfo("TIFF", 48, 64)
+
+
+def test_16bit_and_multipage_tiff():
+    gray = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    data = _save(Image.fromarray(gray), "TIFF")
+    assert imageio.decode_image(data)[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert np.allclose(imageio.decode_mask(data), [[0.0, 257 / 65535, 32768 / 65535, 1.0]])
+    first, second = _rgb_noise(8, 6, seed=1), _rgb_noise(30, 20, seed=2)
+    pages = _save(Image.fromarray(first), "TIFF", save_all=True, append_images=[Image.fromarray(second)])
+    assert np.array_equal(imageio.decode_image(pages), first), "a multi-page TIFF is its first page"
+
+
+def test_tiff_orientation_and_camera_raw_preview():
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    data = _save(Image.fromarray(_quadrants()), "TIFF", exif=exif)
+    out = imageio.decode_image(data)
+    assert out[0, 0].tolist() == [0, 0, 255], "EXIF orientation 3 (rotated 180) is applied to TIFF as well"
+    preview = _save(Image.fromarray(_rgb_noise(12, 16)), "TIFF", tiffinfo={254: 1})
+    with pytest.raises(UnsupportedImageError, match="reduced-resolution preview"):
+        imageio.decode_image(preview)
+
+
+def test_tiff_size_limits_and_truncation_hold():
+    with pytest.raises(ImageTooLargeError):
+        imageio.decode_image(_tiff_header_only(100_000, 100_000))  # refused from the header, nothing decoded
+    with pytest.raises(ImageTooLargeError, match="limit 1000000"):
+        imageio.probe_image(_tiff_header_only(2000, 2000), max_pixels=1_000_000)
+    data = _save(Image.fromarray(_rgb_noise()), "TIFF", compression="tiff_lzw")
+    for cut in (len(data) // 2, 30, 3):
+        with pytest.raises(TruncatedImageError, match="TIFF"):
+            imageio.decode_image(data[:cut])
+    raw = _save(Image.fromarray(_rgb_noise()), "TIFF")
+    with pytest.raises(TruncatedImageError):  # header intact, pixel strip cut: fails at decode, not at probe
+        imageio.decode_image(raw[:-500])
+
+
+@avif
+def test_avif_decodes_and_keeps_the_limits():
+    smooth = np.kron(_rgb_noise(4, 3), np.ones((16, 16, 1), np.uint8))
+    data = _save(Image.fromarray(smooth), "AVIF", quality=95)
+    assert imageio.sniff_format(data) == "AVIF" and imageio.probe_image(data).format == "AVIF"
+    out = imageio.decode_image(data)
+    assert out.shape == smooth.shape and np.abs(out.astype(int) - smooth).mean() < 6
+    with pytest.raises(ImageTooLargeError):
+        imageio.decode_image(data, max_pixels=1000)
+    for cut in (len(data) // 2, 30):
+        with pytest.raises(TruncatedImageError, match="AVIF"):
+            imageio.decode_image(data[:cut])
+
+
+def test_heic_without_a_decoder_is_a_clear_unsupported_error(monkeypatch):
+    monkeypatch.setitem(imageio._plugins, "HEIC", False)  # as on a machine without pillow_heif
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    generic = b"\x00\x00\x00\x14ftypmif1\x00\x00\x00\x00hevc" + bytes(64)
+    for data in (heic, generic):
+        assert imageio.sniff_format(data) == "HEIC"
+        with pytest.raises(UnsupportedImageError) as info:
+            imageio.decode_image(data)
+        assert info.value.reason == "unsupported format: HEIC (no HEIF decoder installed)"
+    assert imageio.sniff_format(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1avif") == "AVIF"
+    assert "HEIC" not in imageio.accepted_formats()
+
+
+def test_mask_of_another_resolution_is_resized_only_at_the_same_aspect():
+    mask = np.zeros((50, 40), np.float32)
+    mask[10:40, 8:32] = 1.0
+    up = imageio.match_mask_size(mask, 100, 80)
+    assert up.shape == (100, 80) and up[50, 40] == 1.0 and up[5, 5] == 0.0
+    assert np.array_equal(imageio.match_mask_size(mask, 50, 40), mask)
+    assert imageio.match_mask_size(np.zeros((333, 250), np.uint8), 1000, 750).shape == (1000, 750)  # 0.1 % off
+    with pytest.raises(ValueError, match=r"mask is 40x50 but the image is 40x40"):
+        imageio.match_mask_size(mask, 40, 40)
+    with pytest.raises(ValueError, match="differ by more than 1%"):
+        imageio.match_mask_size(np.zeros((100, 102), np.float32), 100, 100)  # 2 % off

@@ -4,10 +4,10 @@ Integration (marked ``integration``): a real Ray head started with ``ray start -
 whose environment points at the session's SeaweedFS (tests/fixtures/s3.py). A 3-garment x 2-model catalog and a
 tiny student checkpoint go to a fresh bucket; ``ray job submit --working-dir <repo>`` runs ``jobs.catalog_tryon``
 on the head; the job's last stdout line (its JSON summary) and the objects in S3 are checked. Then ``jobs.nightly``
-submits the catalog for the newest student under a fake date (an idempotent re-run: every pair already done) and a
+submits the catalog for the promoted student under a fake date (an idempotent re-run: every pair already done) and a
 second submission for the same date is refused.
 
-Fast (unmarked): the nightly submitter's logic without a cluster (newest student, entrypoint, runtime_env, dates,
+Fast (unmarked): the nightly submitter's logic without a cluster (promoted student, entrypoint, runtime_env, dates,
 exit codes, refusals).
 """
 from __future__ import annotations
@@ -94,7 +94,8 @@ def tiny_student_bytes() -> tuple[bytes, str]:
 
 
 def upload_catalog(s3_server, bucket: str) -> dict:
-    """Write garments/models manifests + images, two distill runs (older, newer) with summaries; return URIs."""
+    """Write garments/models manifests + images, three distill runs with summaries and a promotion of run-new (the
+    newer run-newest is not promoted); return URIs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -126,11 +127,19 @@ def upload_catalog(s3_server, bucket: str) -> dict:
     fs.pipe(f"{bucket}/distill/run-old/summary.json", json.dumps(
         {"stage": "distill", "student_checkpoint": "student.pt", "finished_at": "2026-11-20T02:00:00+00:00"}).encode())
     fs.pipe(f"{bucket}/distill/run-broken/summary.json", b"{not json")
+    # Only a promotion makes a student production's: run-newest finished later but nobody promoted it.
+    fs.pipe(f"{bucket}/distill/run-newest/student.pt", student)
+    fs.pipe(f"{bucket}/distill/run-newest/summary.json", json.dumps(
+        {"stage": "distill", "student_checkpoint": "student.pt", "finished_at": "2026-11-27T02:00:00Z"}).encode())
+    fs.pipe(f"{bucket}/production/promotions/20261126T100000.000000Z-{version}.json", json.dumps(
+        {"format": "pfafn-promotion/1", "student": f"{base}/distill/run-new/student.pt", "student_version": version,
+         "promoted_at": "2026-11-26T10:00:00+00:00", "promoted_by": "test"}).encode())
+    fs.pipe(f"{bucket}/production/promotions/broken.json", b"{not json")
     return {
         "garments": f"{base}/catalog/garments.parquet",
         "models": f"{base}/catalog/models.parquet",
         "student": f"{base}/distill/run-new/student.pt",
-        "students": f"{base}/distill",
+        "promotions": f"{base}/production",
         "output": f"{base}/tryon",
         "version": version,
     }
@@ -240,7 +249,7 @@ def _nightly(ray_head_info, uris: dict, date: str) -> subprocess.CompletedProces
         sys.executable, "-m", "jobs.nightly",
         "--config", "jobs/configs/nightly.yaml",
         "--address", ray_head_info.address,
-        "--students", uris["students"], "--garments", uris["garments"], "--models", uris["models"],
+        "--promotions", uris["promotions"], "--garments", uris["garments"], "--models", uris["models"],
         "--output", uris["output"], "--date", date, "--working-dir", str(ROOT),
         "--catalog-set", f"height={H}", "--catalog-set", f"width={W}", "--catalog-set", "tile_size=2",
         "--catalog-set", "batch_size=4", "--timeout", "180",
@@ -251,7 +260,7 @@ def _nightly(ray_head_info, uris: dict, date: str) -> subprocess.CompletedProces
 
 
 @pytest.mark.integration
-def test_nightly_submits_newest_student_once_per_date(catalog_run, ray_head_info):
+def test_nightly_submits_promoted_student_once_per_date(catalog_run, ray_head_info):
     assert catalog_run["status"] == "SUCCEEDED", "the catalog run this re-runs failed"
     uris = catalog_run["uris"]
     date = "1999-12-31"
@@ -261,8 +270,8 @@ def test_nightly_submits_newest_student_once_per_date(catalog_run, ray_head_info
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert summary["submission_id"] == f"catalog-nightly-{date}", summary
     assert summary["status"] == "SUCCEEDED", detail
-    assert summary["student"] == uris["student"], "must pick the newest finished_at, not the newest file"
-    assert summary["student_time_source"] == "finished_at"
+    assert summary["student"] == uris["student"], "must pick the promoted student, not the newest distill run"
+    assert summary["student_version"] == uris["version"] and summary["promotion"].endswith(f"-{uris['version']}.json")
     job = summary["job_summary"]
     assert job and job["pairs_total"] == 6 and job["pairs_skipped"] == 6 and job["pairs_ok"] == 0, summary
     assert job_status(ray_head_info.address, f"catalog-nightly-{date}") == "SUCCEEDED"
@@ -284,61 +293,46 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
+def _promotion(root: Path, key: str, student: str, promoted_at: str, version: str = "v") -> None:
+    from pipelines.core.promotions import FORMAT
+
+    _write_json(root / "promotions" / key, {"format": FORMAT, "student": student, "student_version": version,
+                                            "promoted_at": promoted_at, "promoted_by": "test"})
+
+
 @pytest.fixture
 def students(tmp_path):
-    root = tmp_path / "distill"
+    """A promotions prefix: a is promoted last (by promoted_at, its -02:00 offset counting), b before it; c is a
+    newer distill run that nobody promoted."""
+    root = tmp_path / "production"
     for run in ("a", "b", "c"):
-        (root / run).mkdir(parents=True)
-        (root / run / "student.pt").write_bytes(b"x")
-    _write_json(root / "a" / "summary.json", {"student_checkpoint": "student.pt", "finished_at": "2026-11-25T23:30:00-02:00"})
-    _write_json(root / "b" / "summary.json", {"student_checkpoint": str(root / "b" / "student.pt"),
-                                              "finished_at": "2026-11-26T00:30:00Z"})
-    _write_json(root / "c" / "summary.json", {"student_checkpoint": "student.pt"})  # no finished_at: file time
-    os.utime(root / "c" / "summary.json", (1_000_000_000, 1_000_000_000))  # 2001
-    _write_json(root / "junk" / "summary.json", {"stage": "catalog"})  # no student_checkpoint: ignored
+        (tmp_path / "distill" / run).mkdir(parents=True)
+        (tmp_path / "distill" / run / "student.pt").write_bytes(b"x")
+    _promotion(root, "2-b.json", str(tmp_path / "distill" / "b" / "student.pt"), "2026-11-26T00:30:00Z", "bbb")
+    _promotion(root, "1-a.json", str(tmp_path / "distill" / "a" / "student.pt"), "2026-11-25T23:30:00-02:00", "aaa")
+    _write_json(tmp_path / "distill" / "c" / "summary.json", {"stage": "distill", "checkpoint": "student.pt",
+                                                               "finished_at": "2027-01-01T00:00:00Z"})
     return root
 
 
-def test_newest_student_by_finished_at(students):
-    from pipelines.stages.nightly import newest_student
+def test_promoted_student_is_the_newest_promotion(students):
+    from pipelines.stages.nightly import promoted_student
 
-    best, skipped = newest_student(str(students))
-    # a: 2026-11-26T01:30Z (its -02:00 offset counts) beats b: 00:30Z; c is from 2001 (file time)
-    assert best.checkpoint == str(students / "a" / "student.pt")
-    assert best.time_source == "finished_at"
-    assert len(skipped) == 1 and "junk" in skipped[0]
-
-
-def test_newest_student_falls_back_to_file_time(students):
-    from pipelines.stages.nightly import newest_student
-
-    os.utime(students / "c" / "summary.json", None)  # now: newer than a and b
-    best, _ = newest_student(str(students))
-    assert best.checkpoint == str(students / "c" / "student.pt") and best.time_source == "mtime"
+    best, skipped = promoted_student(str(students))
+    # a: 2026-11-26T01:30Z beats b: 00:30Z although b's key sorts later; c (never promoted) is not a candidate
+    assert best.student == str(students.parent / "distill" / "a" / "student.pt") and best.student_version == "aaa"
+    assert not skipped
 
 
-def test_distill_summary_may_call_it_checkpoint(students):
-    from pipelines.stages.nightly import newest_student
-
-    _write_json(students / "d" / "summary.json", {"stage": "distill", "checkpoint": "student.pt", "version": "abc",
-                                                  "finished_at": "2026-12-01T00:00:00Z"})
-    (students / "d" / "student.pt").write_bytes(b"x")
-    _write_json(students / "t" / "summary.json", {"stage": "train_tutor", "checkpoint": "tutor.pt",
-                                                  "finished_at": "2027-01-01T00:00:00Z"})
-    best, skipped = newest_student(str(students))
-    assert best.checkpoint == str(students / "d" / "student.pt") and best.version == "abc"
-    assert any("/t/summary.json" in s for s in skipped), "a tutor summary is never a student"
-
-
-def test_newest_student_errors(tmp_path, students):
-    from pipelines.stages.nightly import newest_student
+def test_promoted_student_errors(tmp_path, students):
+    from pipelines.stages.nightly import promoted_student
     from pipelines.core.config import ConfigError
 
-    with pytest.raises(ConfigError, match="no distill summary.json"):
-        newest_student(str(tmp_path / "empty"))
-    (students / "a" / "student.pt").unlink()
+    with pytest.raises(ConfigError, match="no promotion record under .*jobs.promote"):
+        promoted_student(str(tmp_path / "empty"))
+    (students.parent / "distill" / "a" / "student.pt").unlink()
     with pytest.raises(ConfigError, match="does not exist"):
-        newest_student(str(students))
+        promoted_student(str(students))
 
 
 def _run_main(argv, capsys) -> tuple[int, dict, str]:
@@ -352,15 +346,17 @@ def _run_main(argv, capsys) -> tuple[int, dict, str]:
 def test_nightly_dry_run_builds_the_submission(students, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, summary, _ = _run_main([
-        "--config", "jobs/configs/nightly.yaml", "--students", str(students), "--garments", "s3://b/g.parquet",
+        "--config", "jobs/configs/nightly.yaml", "--promotions", str(students), "--garments", "s3://b/g.parquet",
         "--models", "s3://b/m.parquet", "--output", "s3://b/out", "--date", "2026-03-01", "--dry-run",
         "--exclude", "/scratch",
     ], capsys)
     assert code == 0 and summary["status"] == "DRY_RUN"
     assert summary["submission_id"] == "catalog-nightly-2026-03-01"
     assert summary["entrypoint"] == (
-        f"python -m jobs.catalog_tryon --config jobs/configs/catalog.yaml --student {students}/a/student.pt "
-        "--garments s3://b/g.parquet --models s3://b/m.parquet --output s3://b/out --set device=cuda")
+        "python -m jobs.catalog_tryon --config jobs/configs/catalog.yaml "
+        f"--student {students.parent}/distill/a/student.pt "
+        "--garments s3://b/g.parquet --models s3://b/m.parquet --output s3://b/out --expect-version aaa "
+        "--set device=cuda")
     env = summary["runtime_env"]
     assert env["working_dir"] == str(ROOT) and ".git" in env["excludes"] and "/scratch" in env["excludes"]
     assert env["env_vars"]["PFAFN_LOG_LEVEL"] == "INFO"
@@ -384,7 +380,7 @@ def test_nightly_date_follows_the_time_zone():
 def test_nightly_refuses_bad_config(students, capsys, monkeypatch, args, message):
     monkeypatch.chdir(ROOT)
     code, summary, err = _run_main([
-        "--students", str(students), "--garments", "g.parquet", "--models", "m.parquet", "--output", "o",
+        "--promotions", str(students), "--garments", "g.parquet", "--models", "m.parquet", "--output", "o",
         "--address", "http://127.0.0.1:9", *args,
     ], capsys)
     assert code == 2 and summary["status"] == "ERROR", (summary, err)
@@ -394,7 +390,7 @@ def test_nightly_refuses_bad_config(students, capsys, monkeypatch, args, message
 def test_nightly_needs_an_address(students, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    code, summary, err = _run_main(["--students", str(students), "--garments", "g", "--models", "m", "--output", "o"],
+    code, summary, err = _run_main(["--promotions", str(students), "--garments", "g", "--models", "m", "--output", "o"],
                                    capsys)
     assert code == 2 and "no cluster address" in err
 
@@ -402,11 +398,11 @@ def test_nightly_needs_an_address(students, capsys, monkeypatch):
 def test_nightly_unreachable_cluster_is_one_line(students, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, summary, err = _run_main([
-        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--promotions", str(students), "--garments", "g", "--models", "m", "--output", "o",
         "--address", "http://127.0.0.1:9", "--date", "2026-01-01",
     ], capsys)
     assert code == 2 and summary["submission_id"] == "catalog-nightly-2026-01-01"
-    assert summary["student"] == str(students / "a" / "student.pt")
+    assert summary["student"] == str(students.parent / "distill" / "a" / "student.pt")
     assert [l for l in err.splitlines() if l.startswith("error:")] == [
         l for l in err.splitlines() if "cannot reach the Ray job API" in l]
 
@@ -446,7 +442,7 @@ def test_nightly_refuses_a_second_submission(students, capsys, monkeypatch, exis
     monkeypatch.setattr(nightly, "connect", lambda address: fake)
     monkeypatch.chdir(ROOT)
     code, summary, err = _run_main([
-        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--promotions", str(students), "--garments", "g", "--models", "m", "--output", "o",
         "--address", "http://head:8265", "--date", "2026-01-01", "--no-wait",
     ], capsys)
     assert code == 3 and summary["status"] == "ALREADY_SUBMITTED"
@@ -462,7 +458,7 @@ def test_nightly_no_wait_submits_once(students, capsys, monkeypatch):
     monkeypatch.setattr(nightly, "connect", lambda address: fake)
     monkeypatch.chdir(ROOT)
     code, summary, _ = _run_main([
-        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--promotions", str(students), "--garments", "g", "--models", "m", "--output", "o",
         "--address", "http://head:8265", "--date", "2026-01-02", "--no-wait", "--submission-prefix", "cat",
     ], capsys)
     assert code == 0 and summary["status"] == "PENDING" and summary["submission_id"] == "cat-2026-01-02"
@@ -503,7 +499,7 @@ def test_nightly_waits_and_exits_with_the_jobs_status(students, capsys, monkeypa
     monkeypatch.setattr(nightly, "connect", lambda address: fake)
     monkeypatch.chdir(ROOT)
     code, summary, err = _run_main([
-        "--students", str(students), "--garments", "g", "--models", "m", "--output", "o",
+        "--promotions", str(students), "--garments", "g", "--models", "m", "--output", "o",
         "--address", "http://head:8265", "--date", "2026-01-03", "--timeout", "1",
     ], capsys)
     assert code == expected and summary["exit_code"] == expected and summary["status"] == final
@@ -541,7 +537,7 @@ def test_nightly_explicit_address_beats_the_environment(monkeypatch):
 def test_nightly_help():
     proc = subprocess.run([sys.executable, "-m", "jobs.nightly", "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
-    assert proc.returncode == 0 and "--students" in proc.stdout and "Exit status" in proc.stdout
+    assert proc.returncode == 0 and "--promotions" in proc.stdout and "Exit status" in proc.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -567,6 +563,7 @@ def _submit(ray_head_info, module: str, args: list[str], timeout: int = 420) -> 
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the catalog's job-submit test is the default suite's toy version
 def test_ray_job_submit_training_stages_on_s3(s3_server, ray_head_info):
     from pipelines.core import storage
     from tests.dataset_helpers import write_dataset_root

@@ -152,6 +152,7 @@ def distill_inputs(bucket, ray_cluster) -> dict:
     return {"data": data, "tutor": f"{bucket}/tutor.pt", "fakes": fakes}
 
 
+@pytest.mark.slow  # the catalog's two-node tests are the default suite's toy version of placement
 def test_distill_workers_run_on_two_nodes(ray_cluster, distill_inputs, bucket):
     summary = run_job(ray_cluster, "mn-distill", _entrypoint(
         "jobs.distill", "--preset", "tiny", "--data", distill_inputs["data"], "--fakes", distill_inputs["fakes"],

@@ -25,6 +25,16 @@ def _config(data: str, output: str, *overrides: str) -> TutorConfig:
                         explicit={"data": data, "output": output})
 
 
+def _curve_meta(path: str) -> dict:
+    """What a loss_curve.png covers (its ``pfafn`` text chunk), after checking it decodes as a PNG."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.load()
+        return json.loads(img.text["pfafn"])
+
+
 def test_config_rejects_a_bad_choice_and_size(tmp_path):
     with pytest.raises(ConfigError, match=r"precision.*auto.*fp32.*bf16.*fp16"):
         _config(str(tmp_path), str(tmp_path / "out"), "train.precision=fp8").validate()
@@ -32,6 +42,8 @@ def test_config_rejects_a_bad_choice_and_size(tmp_path):
         _config(str(tmp_path), str(tmp_path / "out"), "height=100").validate()
     with pytest.raises(ConfigError, match="--output is required"):
         _config(str(tmp_path), "").validate()
+    with pytest.raises(ConfigError, match="log_every_steps"):
+        _config(str(tmp_path), str(tmp_path / "out"), "train.log_every_steps=-1").validate()
 
 
 def test_published_preset_needs_vgg_weights(tmp_path, monkeypatch):
@@ -69,6 +81,15 @@ def test_tutor_trains_resumes_after_a_kill_and_rerun_does_nothing(ray_session, d
     losses = [h["loss"] for h in history]
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
     assert last < first - 0.5, (first, last)
+    # loss_curve.png beside the tutor (every phase) and beside each checkpoint (its phase so far); both start at
+    # step 1, before the resume at step 9: the history they are drawn from survives in the checkpoint
+    assert summary["loss_curve"] == os.path.join(os.path.abspath(out), "loss_curve.png")
+    assert _curve_meta(summary["loss_curve"])["phases"] == [
+        {"phase": "tutor_warp", "first_step": 1, "last_step": 24, "x_offset": 0},
+        {"phase": "tutor_e2e", "first_step": 1, "last_step": 6, "x_offset": 24}]
+    ckpt_curve = _curve_meta(os.path.join(out, "ray", "tutor_warp", "step_00000024", "loss_curve.png"))
+    assert ckpt_curve["phases"] == [{"phase": "tutor_warp", "first_step": 1, "last_step": 24, "x_offset": 0}]
+    assert ckpt_curve["terms"] == ["loss", "l1", "mask", "smooth", "tv"]  # the warp phase's terms (VGG off: none)
     # per-epoch validation metrics are reported with the checkpoints
     e2e = summary["phases"]["tutor_e2e"]
     assert len(e2e["epoch_metrics"]) == 2 and 0.0 < e2e["final_metrics"]["val_ssim"] <= 1.0

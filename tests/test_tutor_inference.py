@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def _quantize(t: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_fakes_counts_choice_bad_person_retry_and_exactness(ray_session, tmp_path):
+def test_fakes_counts_choice_bad_person_retry_and_exactness(ray_session, tmp_path, caplog):
     torch.set_num_threads(1)
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     world = write_dataset_root(data, n_models=4, n_garments=5)
@@ -117,8 +118,15 @@ def test_fakes_counts_choice_bad_person_retry_and_exactness(ray_session, tmp_pat
     good_photo = photo.read_bytes()
     photo.write_bytes(good_photo[: len(good_photo) // 3])  # truncated PNG
 
-    s1 = run(_config(data, tutor, out, k=k))
+    with caplog.at_level(logging.INFO, logger="pipelines.batch"):
+        s1 = run(_config(data, tutor, out, k=k, progress_every_s=0))
     assert (s1["fakes_total"], s1["fakes_written"], s1["fakes_error"], s1["fakes_skipped"]) == (8, 6, 2, 0)
+    # progress lines count samples (not chunks: 2 persons x k per chunk here) and end with the run's totals
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipelines.batch" and " samples " in r.getMessage()]
+    assert len(lines) == 2, lines  # progress_every_s=0: one per committed chunk
+    assert lines[-1].startswith(f"tutor_inference {s1['run_id']}: samples 8/8 (100.0%), chunks 2/2, ")
+    assert lines[-1].endswith(", 6 ok, 2 error") and " done in " in lines[-1]
+    assert "samples 4/8 (50.0%), chunks 1/2" in lines[0] and "ETA " in lines[0]
     assert s1["fakes_attempted"] == 8
     assert s1["tutor_version"] == version and s1["fakes"] == storage.join_uri(out, "manifest")
     assert json.loads(Path(out, "summary.json").read_text())["run_id"] == s1["run_id"]

@@ -189,6 +189,10 @@ TRYON_RESULTS_SCHEMA = pa.schema(
         ("encode_ms", pa.float64()),
         ("run_id", _S),
         ("finished_at", _TS),
+        # the stored image's size: the model size, or the person photo's own (--output-size original); null in
+        # rows without an image and in parts written before these columns existed
+        ("output_height", pa.int32()),
+        ("output_width", pa.int32()),
     ]
 )
 #: Rejected rows and dead letters: which manifest, which row, the row's id, the one-line reason, the row as JSON.

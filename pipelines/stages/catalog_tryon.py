@@ -2,8 +2,8 @@
 
 A :class:`pipelines.batch.BatchStage` (the shared skeleton runs it); what is particular to the catalog::
 
-    manifests ──► done set (ok rows of this student version) ──► tiles of (garment block × model block) with the
-        pairs still to do
+    manifests (+ the selection: every pair, --pairs FILE, --match COLUMN) ──► done set (ok rows of this student
+        version) ──► tiles of (garment block × model block) with the selected pairs still to do
         ──► decode (CPU tasks: read bytes, decode, fit to H×W, garment masks)
         ──► try-on (model actor pool: encode garments and models once per tile, flow + generator per pair batch)
         ──► write (CPU tasks: JPEG per pair at {output}/{student_version}/{garment_id}/{model_id}.jpg, then the tile's
@@ -20,15 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.batch import (BatchRun, BatchStage, BatchStageConfig, UnitActor, commit_part, decode_garment,
-                             decode_photo, error_reason, first_errors, part_uri, peak_rss_mb, read_parts, reason_for,
-                             result_row, rows_table, run_batch_stage, store_image)
+from pipelines.batch import (BatchRun, BatchStage, BatchStageConfig, InputError, UnitActor, blame, commit_part,
+                             decode_garment, decode_photo, error_reason, first_errors, part_uri, peak_rss_mb,
+                             read_image, read_input, read_parts, reason_for, result_row, rows_table, run_batch_stage,
+                             store_image)
 from pipelines.core import manifests, parts, storage
 from pipelines.core.config import ConfigError
 from pipelines.core.errors import StageError
@@ -53,6 +54,11 @@ class CatalogConfig(BatchStageConfig):
     tile_size: int = 16
     jpeg_quality: int = 95
     gallery_size: int = 36
+    expect_version: str = ""  # refuse (exit 2) a student whose weights are another version (nightly: the promoted one)
+    pairs: str = ""  # --pairs FILE: only these (garment_id, model_id) pairs; "" = every pair
+    match: str = ""  # --match COLUMN[,COLUMN]: only pairs whose rows have equal values there; "" = every pair
+    output_size: Literal["auto", "original", "model"] = "auto"
+    format: Literal["jpeg", "png", "webp"] = "jpeg"
 
     def validate(self) -> None:
         self.validate_common("catalog", ("garments", "models", "output"))
@@ -64,6 +70,9 @@ class CatalogConfig(BatchStageConfig):
             raise ConfigError("catalog: tile_size must be >= 1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError("catalog: jpeg_quality must be within 1..100")
+        columns = match_columns(self.match)
+        if not all(columns) or len(set(columns)) != len(columns):
+            raise ConfigError(f"catalog: match must be COLUMN[,COLUMN...] with distinct names, got {self.match!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,22 +114,101 @@ class StudentSpec:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Planning: manifests, done set, tiles.
+# Planning: manifests, pair selection, done set, tiles.
+
+#: The ``--pairs`` file (Parquet or CSV, local or s3://): one row per wanted pair; other columns are ignored.
+PAIRS_SPEC = manifests.ManifestSpec("pairs", pa.schema([("garment_id", pa.string()), ("model_id", pa.string())]),
+                                    required=("garment_id", "model_id"), description="catalog pair selection")
+
+
+def match_columns(match: str) -> list[str]:
+    """``--match "gender, season"`` → ``["gender", "season"]`` (empty: no matching)."""
+    return [c.strip() for c in match.split(",")] if match.strip() else []
+
+
+@dataclass
+class Selection:
+    """The pairs a run covers, over the planning order of the valid rows. Garments and models are sorted (stably) by
+    their ``--match`` group, so each group is one contiguous range of each and its pairs are the product of the two
+    ranges; a ``--pairs`` file narrows them to ``codes`` (sorted tile codes ``g·M + m``). Without ``--match`` every
+    row is in group 0 and nothing moves. No per-pair Python object: ranges per group, int64 codes per block."""
+
+    g_group: np.ndarray  # per garment (sorted): its group; n_groups = in none (a null --match value)
+    m_group: np.ndarray  # per model (sorted)
+    groups: dict  # --match values (a tuple) -> group
+    codes: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.keys = list(self.groups)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def group_of(self, key) -> int:
+        return self.groups.get(key, self.n_groups)
+
+    def key_of(self, group: int):
+        return self.keys[group] if group < self.n_groups else None
+
+    def models_of(self, group: int) -> tuple[int, int]:
+        if group >= self.n_groups:
+            return 0, 0
+        m0, m1 = np.searchsorted(self.m_group, [group, group + 1])
+        return int(m0), int(m1)
+
+    def size(self) -> int:
+        if self.codes is not None:
+            return len(self.codes)
+        g = np.bincount(self.g_group, minlength=self.n_groups + 1)[:self.n_groups]
+        m = np.bincount(self.m_group, minlength=self.n_groups + 1)[:self.n_groups]
+        return int((g * m).sum())
+
+    def blocks(self, t: int) -> Iterator[tuple[np.ndarray, int, int]]:
+        """``(garments, m0, m1)``: blocks of at most ``t`` garments of one group (with a selected pair) and the
+        group's model range."""
+        n_m = len(self.m_group)
+        chosen = None
+        if self.codes is not None:
+            chosen = np.zeros(len(self.g_group), bool)
+            chosen[self.codes // max(n_m, 1)] = True
+        for k in range(self.n_groups):
+            m0, m1 = self.models_of(k)
+            g = np.arange(*np.searchsorted(self.g_group, [k, k + 1]))
+            if chosen is not None:
+                g = g[chosen[g]]
+            for s in range(0, len(g) if m1 > m0 else 0, t):
+                yield g[s:s + t], m0, m1
+
+    def todo(self, g: np.ndarray, m0: int, m1: int, done: np.ndarray) -> np.ndarray:
+        """The block's selected pairs not in ``done`` (sorted codes ``g·M + m``)."""
+        n_m = len(self.m_group)
+        if self.codes is None:
+            lo, hi = g * n_m + m0, g * n_m + m1
+            if int((np.searchsorted(done, hi) - np.searchsorted(done, lo)).sum()) == len(g) * (m1 - m0):
+                return np.zeros(0, np.int64)  # a fully done block: two searchsorted per garment, no per-pair work
+            codes = (lo[:, None] + np.arange(m1 - m0)).ravel()
+        else:
+            starts, ends = np.searchsorted(self.codes, g * n_m), np.searchsorted(self.codes, (g + 1) * n_m)
+            codes = np.concatenate([self.codes[a:b] for a, b in zip(starts, ends)])
+        return codes[~parts.member(done, codes)]
 
 
 @dataclass
 class Plan:
-    garments: list[dict]
+    garments: list[dict]  # valid rows, in the selection's order (sorted by --match group)
     models: list[dict]
     rejected_garments: list[tuple[str, str]]
     rejected_models: list[tuple[str, str]]
     tiles: list[dict]
-    pairs_total: int
-    pairs_skipped: int
+    pairs_total: int  # selected pairs of valid rows + error pairs (rejected or unknown rows) in the selection
+    pairs_skipped: int  # selected pairs of valid rows done before
     pairs_todo: int
     index: parts.PairIndex  # garment ids (valid, then rejected) × model ids (valid, then rejected)
     status: parts.PairStatus  # this student version's done and failed pairs, codes of ``index``
     skipped: parts.Skipped  # files under results/ that are not result parts
+    rejected_pairs: list[tuple[str | None, str | None, str]] = field(default_factory=list)  # (gid, mid, reason)
+    selection: Selection | None = None
 
 
 def _sources(output: str, student_version: str | None) -> list[parts.Source]:
@@ -136,11 +224,13 @@ def load_results(output: str, student_version: str | None = None, skipped: parts
 
 
 def result_index(garments: list[dict], models: list[dict], rejected_garments: list[tuple[str, str]],
-                 rejected_models: list[tuple[str, str]]) -> parts.PairIndex:
-    """Pair codes over the manifests' ids, the rejected rows' ids after the valid ones (their error rows are pairs
-    too, reported once)."""
-    return parts.PairIndex.of([g["garment_id"] for g in garments] + [gid for gid, _ in rejected_garments],
-                              [m["model_id"] for m in models] + [mid for mid, _ in rejected_models])
+                 rejected_models: list[tuple[str, str]],
+                 rejected_pairs: list[tuple[str | None, str | None, str]] = ()) -> parts.PairIndex:
+    """Pair codes over the manifests' ids, the rejected rows' ids (and the ids of the error pairs, e.g. a pairs
+    file's unknown ids) after the valid ones: their error rows are pairs too, reported once."""
+    return parts.PairIndex.of(
+        [g["garment_id"] for g in garments] + [gid for gid, _ in rejected_garments] + [p[0] for p in rejected_pairs],
+        [m["model_id"] for m in models] + [mid for mid, _ in rejected_models] + [p[1] for p in rejected_pairs])
 
 
 def load_status(output: str, student_version: str, index: parts.PairIndex,
@@ -158,71 +248,221 @@ def _codes(codes: np.ndarray, index: parts.PairIndex, n_garments: int, n_models:
     return g[keep] * n_models + m[keep]
 
 
-def _tile(garments: list[dict], models: list[dict], g_block: range, m_block: range, todo: np.ndarray,
+def _value_kind(t: pa.DataType) -> str:
+    """What ``--match`` compares: text with text, numbers with numbers (1 == 1.0); an all-null column is "null"."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    return "nested" if pa.types.is_nested(t) else "null" if pa.types.is_null(t) else str(t)
+
+
+def _check_match(garments: pa.Table, models: pa.Table, columns: list[str]) -> None:
+    """Each ``--match`` column must be in both manifests and hold plain values of one kind (else exit 2): a season
+    stored as 2024 in one manifest and "2024" in the other would silently match nothing."""
+    for c in columns:
+        missing = [name for name, t in (("garments", garments), ("models", models)) if c not in t.column_names]
+        if missing:
+            raise StageError(f"--match column {c!r} is not in the {' and '.join(missing)} manifest "
+                             f"(garments: {', '.join(garments.column_names)}; models: {', '.join(models.column_names)})")
+        types = [t.schema.field(c).type for t in (garments, models)]
+        kinds = {_value_kind(t) for t in types} - {"null"}
+        if len(kinds) > 1 or "nested" in kinds:
+            raise StageError(f"--match column {c!r} is {types[0]} in the garments and {types[1]} in the models "
+                             "manifest; it needs plain values of one kind (text or numbers) in both")
+
+
+def _key(values: tuple) -> tuple | None:
+    """A row's ``--match`` values; None (matches nothing) when one is null or NaN."""
+    return None if any(v is None or v != v for v in values) else values
+
+
+def _row_keys(table: pa.Table, columns: list[str]) -> list[tuple | None]:
+    if not columns:
+        return [()] * table.num_rows
+    return [_key(row) for row in zip(*(table.column(c).to_pylist() for c in columns))]
+
+
+def _rejected_keys(rejected: pa.Table, columns: list[str]) -> list[tuple | None]:
+    """A rejected row's ``--match`` values, as the row was read (``row_json``: it never passed validation)."""
+    if not columns:
+        return [()] * rejected.num_rows
+    rows = [json.loads(text or "{}") for text in rejected.column("row_json").to_pylist()]
+    return [_key(tuple(r.get(c) for c in columns)) for r in rows]
+
+
+def _grouped(g_load: manifests.ManifestLoad, m_load: manifests.ManifestLoad, columns: list[str]):
+    """``(selection, garments, models, rejected garments, rejected models)``: the valid rows sorted by ``--match``
+    group (stable, so the manifest order within a group, and no move at all without ``--match``), every pair
+    within a group selected; rejected rows as ``(id, reason, --match values)``."""
+    g_keys, m_keys = _row_keys(g_load.rows, columns), _row_keys(m_load.rows, columns)
+    rg_keys, rm_keys = _rejected_keys(g_load.rejected, columns), _rejected_keys(m_load.rejected, columns)
+    groups: dict = {}
+    for key in (*g_keys, *m_keys, *rg_keys, *rm_keys):
+        if key is not None:
+            groups.setdefault(key, len(groups))
+    g_group = np.array([groups.get(k, len(groups)) for k in g_keys], np.int64)
+    m_group = np.array([groups.get(k, len(groups)) for k in m_keys], np.int64)
+    g_order, m_order = np.argsort(g_group, kind="stable"), np.argsort(m_group, kind="stable")
+    g_rows, m_rows = g_load.rows.to_pylist(), m_load.rows.to_pylist()
+    rejected = [[(r["id"], r["error"], key) for r, key in zip(load.rejected.to_pylist(), keys)]
+                for load, keys in ((g_load, rg_keys), (m_load, rm_keys))]
+    return (Selection(g_group[g_order], m_group[m_order], groups), [g_rows[i] for i in g_order],
+            [m_rows[i] for i in m_order], *rejected)
+
+
+def _rejected_pairs(sel: Selection, garments: list[dict], models: list[dict], rejected_g: list[tuple],
+                    rejected_m: list[tuple]) -> list[tuple[str | None, str | None, str]]:
+    """Error pairs of the rejected manifest rows that fall in the selection (all of them without ``--match``): each
+    rejected garment with the models of its group (valid, then rejected), then each valid garment with the rejected
+    models of its group."""
+    m_ids = [m["model_id"] for m in models]
+    rejected_by_key: dict = {}
+    for mid, why, key in rejected_m:
+        if key is not None:
+            rejected_by_key.setdefault(key, []).append((mid, why))
+    pairs = []
+    for gid, why, key in rejected_g:
+        m0, m1 = sel.models_of(sel.group_of(key))
+        pairs += [(gid, mid, f"garment row rejected: {why}")
+                  for mid in m_ids[m0:m1] + [mid for mid, _ in rejected_by_key.get(key, ())]]
+    for g, group in zip(garments, sel.g_group.tolist()) if rejected_by_key else ():
+        pairs += [(g["garment_id"], mid, f"model row rejected: {why}")
+                  for mid, why in rejected_by_key.get(sel.key_of(group), ())]
+    return pairs
+
+
+def _id_problem(side: str, value: str | None, valid: set, rejected: dict) -> str | None:
+    """Why a pairs file's garment or model id names no valid row, or None."""
+    if value in valid:
+        return None
+    if value is not None and value in rejected:
+        return f"{side} row rejected: {rejected[value]}"
+    try:
+        manifests.validate_id(value)
+    except manifests.UnsafeIdError as exc:
+        return f"pairs file: {side}_id: {exc.reason}"
+    return f"pairs file: {side}_id {value!r} is not in the {side}s manifest"
+
+
+def read_pairs(uri: str) -> pa.Table:
+    """The ``--pairs`` file's two id columns (ids read as text, "007" stays "007"). A file that is missing,
+    unreadable or lacks a column raises :class:`pipelines.core.manifests.ManifestError`: the run cannot start (exit
+    2); bad ids in it are error rows, not a failed run."""
+    table = manifests.conform(manifests.read_table(uri, "train_pairs"), PAIRS_SPEC, uri=uri)
+    return table.select(["garment_id", "model_id"])
+
+
+def _pair_codes(uri: str, sel: Selection, garments: list[dict], models: list[dict], rejected_g: list[tuple],
+                rejected_m: list[tuple]) -> tuple[np.ndarray, list[tuple[str | None, str | None, str]]]:
+    """The pairs file as the sorted distinct tile codes of its pairs of valid rows within one ``--match`` group,
+    and one error pair per distinct pair that names a rejected, unsafe or unknown id (whatever ``--match`` says: such
+    a row has no values to match). Duplicate rows count once."""
+    table = read_pairs(uri)
+    valid = parts.PairIndex.of([g["garment_id"] for g in garments], [m["model_id"] for m in models])
+    codes = valid.codes(table["garment_id"], table["model_id"])
+    ok = codes[codes >= 0]
+    if len(ok):
+        g_group, m_group = sel.g_group[ok // len(models)], sel.m_group[ok % len(models)]
+        ok = parts.sorted_unique(ok[(g_group == m_group) & (g_group < sel.n_groups)])
+    known = (set(valid.a_ids.to_pylist()), set(valid.b_ids.to_pylist()))
+    why = ({gid: w for gid, w, _ in rejected_g}, {mid: w for mid, w, _ in rejected_m})
+    bad: dict[tuple, str | None] = {}
+    for row in table.filter(pa.array(codes < 0)).to_pylist():
+        pair = (row["garment_id"], row["model_id"])
+        if pair not in bad:
+            bad[pair] = (_id_problem("garment", pair[0], known[0], why[0])
+                         or _id_problem("model", pair[1], known[1], why[1]))
+    return ok.astype(np.int64), [(gid, mid, reason) for (gid, mid), reason in bad.items()]
+
+
+def _tile(garments: list[dict], models: list[dict], g: np.ndarray, m_rows: np.ndarray, m_local: np.ndarray,
           index: int) -> dict:
-    """One unit: the ids and URIs of a garment block × model block and the pair codes (``g·M + m``) still to do."""
+    """One unit: pairs of garment rows ``g`` (sorted) with models ``m_rows[m_local]``. Each garment and model is
+    listed once — decoded and encoded once per tile — and only if it has a pair here; the pairs are tile-local codes
+    ``i·n_models + j``, an int64 array (no Python object per pair)."""
+    first = np.concatenate(([True], g[1:] != g[:-1]))
+    g_rows, g_local = g[first], np.cumsum(first) - 1
     return {
         "tile": index,
-        "garment_ids": [garments[i]["garment_id"] for i in g_block],
-        "garment_uris": [garments[i]["image_uri"] for i in g_block],
-        "mask_uris": [garments[i].get("mask_uri") or "" for i in g_block],
-        "model_ids": [models[i]["model_id"] for i in m_block],
-        "model_uris": [models[i]["image_uri"] for i in m_block],
-        "todo": np.flatnonzero(todo).astype(np.int64).tolist(),
+        "garment_ids": [garments[i]["garment_id"] for i in g_rows],
+        "garment_uris": [garments[i]["image_uri"] for i in g_rows],
+        "mask_uris": [garments[i].get("mask_uri") or "" for i in g_rows],
+        "model_ids": [models[i]["model_id"] for i in m_rows],
+        "model_uris": [models[i]["image_uri"] for i in m_rows],
+        "todo": (g_local * len(m_rows) + m_local).astype(np.int64),
     }
 
 
-def _blocks(garments: list[dict], models: list[dict], done: np.ndarray, t: int) -> list[dict]:
-    """Tiles of ``t`` × ``t`` with their pairs not in ``done`` (sorted codes ``g·M + m``). A garment block's codes are
-    one contiguous range, so its done pairs are one ``searchsorted`` slice: no per-pair work for done blocks."""
-    n_g, n_m = len(garments), len(models)
+def _blocks(garments: list[dict], models: list[dict], done: np.ndarray, t: int, selection: Selection) -> list[dict]:
+    """Tiles of at most ``t`` garments × ``t`` models holding the selected pairs not in ``done`` (sorted codes
+    ``g·M + m``): per block of ``t`` garments of one group, its pairs to do, cut by the models they use into chunks of
+    ``t``. For the full product these are the fixed ``t × t`` blocks; for a sparse selection the chunks gather the
+    models a garment block uses, so encodings are still shared. Linear in the block's pairs (no per-tile scan)."""
     tiles: list[dict] = []
-    for g_start in range(0, n_g, t):
-        g_end = min(g_start + t, n_g)
-        lo, hi = g_start * n_m, g_end * n_m
-        a, b = np.searchsorted(done, [lo, hi])
-        if b - a == hi - lo:
+    n_m = len(models)
+    for g, m0, m1 in selection.blocks(t):
+        codes = selection.todo(g, m0, m1, done)
+        if not len(codes):
             continue
-        todo = np.ones(hi - lo, bool)
-        todo[done[a:b] - lo] = False
-        todo = todo.reshape(g_end - g_start, n_m)
-        for m_start in range(0, n_m, t):
-            block = todo[:, m_start:m_start + t]
-            if block.any():
-                tiles.append(_tile(garments, models, range(g_start, g_end), range(m_start, min(m_start + t, n_m)),
-                                   block.ravel(), len(tiles)))
+        g_of, m_of = np.divmod(codes, n_m)
+        used = np.bincount(m_of, minlength=n_m) > 0
+        pos = (np.cumsum(used) - 1)[m_of]  # each pair's model among the models the block uses
+        used, chunk = np.flatnonzero(used), pos // t
+        # a stable sort keeps each chunk's (g, m) order; 16-bit keys let numpy use its linear radix sort
+        order = np.argsort(chunk.astype(np.int16) if len(used) < t * 2**15 else chunk, kind="stable")
+        for piece in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1):
+            k = int(chunk[piece[0]])
+            tiles.append(_tile(garments, models, g_of[piece], used[k * t:(k + 1) * t], pos[piece] - k * t,
+                               len(tiles)))
     return tiles
 
 
+# ``original`` output hands the write step ~1.5 MB of fp32 model outputs per pair at 256×192 (pfafn.fullres
+# .pack_lowres): 8×8 tiles keep a tile's payload near 100 MB in the object store where the published preset's 32×32
+# would need 1.6 GB; composing at full size costs more per pair than the encoders the larger tile would share.
+ORIGINAL_TILE_MAX = 8
+
+
+def tile_side(config: CatalogConfig) -> int:
+    """The tile side used: ``tile_size``, at most :data:`ORIGINAL_TILE_MAX` when the output is at original size."""
+    if resolve_output_size(config) == "original":
+        return min(config.tile_size, ORIGINAL_TILE_MAX)
+    return config.tile_size
+
+
 def plan_tiles(config: CatalogConfig, student_version: str) -> Plan:
-    """Cut the garment × model product into tiles of ``tile_size`` × ``tile_size`` without the done pairs. Neither
-    the pair table nor the result rows are materialised: done pairs are a sorted int64 array of codes ``g·M + m``
-    (three columns read per result part, ids turned into codes in Arrow)."""
+    """Select the pairs (every garment × model, or ``--pairs`` / ``--match``) and cut them into tiles of at most
+    ``tile_size`` × ``tile_size`` without the done pairs. Neither the pair table nor the result rows are
+    materialised: done pairs are a sorted int64 array of codes ``g·M + m`` (three columns read per result part, ids
+    turned into codes in Arrow), a ``--match`` selection is one range of garments and of models per group, a
+    ``--pairs`` selection a sorted int64 array of codes."""
     g_load = manifests.load_manifest(config.garments, "garments")
     m_load = manifests.load_manifest(config.models, "models")
-    garments, models = g_load.rows.to_pylist(), m_load.rows.to_pylist()
-    rejected_g = [(r["id"], r["error"]) for r in g_load.rejected.to_pylist()]
-    rejected_m = [(r["id"], r["error"]) for r in m_load.rejected.to_pylist()]
-    n_g, n_m = len(garments), len(models)
-    index, skipped = result_index(garments, models, rejected_g, rejected_m), parts.Skipped()
+    columns = match_columns(config.match)
+    _check_match(g_load.rows, m_load.rows, columns)
+    sel, garments, models, rejected_g, rejected_m = _grouped(g_load, m_load, columns)
+    if config.pairs:
+        sel.codes, rejected_pairs = _pair_codes(config.pairs, sel, garments, models, rejected_g, rejected_m)
+    else:
+        rejected_pairs = _rejected_pairs(sel, garments, models, rejected_g, rejected_m)
+    rejected_g, rejected_m = [r[:2] for r in rejected_g], [r[:2] for r in rejected_m]
+    index, skipped = result_index(garments, models, rejected_g, rejected_m, rejected_pairs), parts.Skipped()
     status = load_status(config.output, student_version, index, skipped)
-    done = _codes(status.ok, index, n_g, n_m)
-    tiles = _blocks(garments, models, done, config.tile_size)
+    tiles = _blocks(garments, models, _codes(status.ok, index, len(garments), len(models)), tile_side(config), sel)
+    selected, todo = sel.size(), sum(len(tile["todo"]) for tile in tiles)
     return Plan(garments=garments, models=models, rejected_garments=rejected_g, rejected_models=rejected_m,
-                tiles=tiles, pairs_total=(n_g + len(rejected_g)) * (n_m + len(rejected_m)),
-                pairs_skipped=len(done), pairs_todo=sum(len(tile["todo"]) for tile in tiles), index=index,
-                status=status, skipped=skipped)
+                tiles=tiles, pairs_total=selected + len(rejected_pairs), pairs_skipped=selected - todo,
+                pairs_todo=todo, index=index, status=status, skipped=skipped, rejected_pairs=rejected_pairs,
+                selection=sel)
 
 
 def rejected_rows(plan: Plan, version: str, run_id: str) -> list[dict]:
-    """Error rows for every pair whose garment or model row was rejected by manifest validation, except pairs that
-    already have a row of this version: a rejected row is reported once, not again by every run."""
-    pairs: list[tuple[str, str, str]] = []
-    models = [(m["model_id"], None) for m in plan.models] + list(plan.rejected_models)
-    for gid, why in plan.rejected_garments:
-        pairs += [(gid, mid, f"garment row rejected: {why}") for mid, _ in models]
-    for g in plan.garments:
-        pairs += [(g["garment_id"], mid, f"model row rejected: {why}") for mid, why in plan.rejected_models]
+    """Error rows for every selected pair whose garment or model row was rejected by manifest validation (or, with
+    ``--pairs``, names an unsafe or unknown id), except pairs that already have a row of this version: a rejected
+    row is reported once, not again by every run."""
+    pairs = plan.rejected_pairs
     if not pairs:
         return []
     codes = plan.index.codes(pa.array([p[0] for p in pairs], pa.string()), pa.array([p[1] for p in pairs], pa.string()))
@@ -274,6 +514,8 @@ def decode_tile(row: dict, cfg: dict) -> dict:
             m_errors[i] = reason_for(exc, "person image")
     meta = {"tile": int(row["tile"]), "garment_ids": [str(x) for x in row["garment_ids"]],
             "model_ids": [str(x) for x in row["model_ids"]], "todo": todo.tolist(), "garment_errors": g_errors,
+            "garment_uris": list(row["garment_uris"]), "mask_uris": list(row["mask_uris"]),
+            "model_uris": list(row["model_uris"]),
             "model_errors": m_errors, "decode_ms": (time.perf_counter() - started) * 1e3}
     return {"meta": json.dumps(meta), "garments": garments, "masks": masks, "persons": persons}
 
@@ -294,6 +536,7 @@ class TryOnActor(UnitActor):
         model, self.version = spec.load(map_location="cpu")
         self.mode = self.inference_mode(cfg)
         self.model = self.mode.prepare(model.to(self.device).eval())
+        self.original = cfg.get("output_size") == "original"  # hand over pfafn.fullres' low-res arrays, not images
         self.node_id = ray.get_runtime_context().get_node_id()  # where this actor runs: the summary's actor nodes
 
     def run_unit(self, meta: dict, garments, masks, persons) -> tuple[dict, np.ndarray]:
@@ -303,7 +546,12 @@ class TryOnActor(UnitActor):
         pair_errors, runnable = first_errors([divmod(int(c), n_m) for c in todo], meta["garment_errors"],
                                              meta["model_errors"])
         h, w = persons.shape[1:3]
-        images = np.zeros((len(runnable), h, w, 3), np.uint8)
+        if self.original:
+            from pfafn.fullres import LOWRES_CHANNELS
+
+            images = np.zeros((len(runnable), h, w, LOWRES_CHANNELS), np.float32)
+        else:
+            images = np.zeros((len(runnable), h, w, 3), np.uint8)
         if runnable:
             try:
                 self._tryon(todo[runnable] // n_m, todo[runnable] % n_m, garments, masks, persons, images)
@@ -319,10 +567,12 @@ class TryOnActor(UnitActor):
 
     def _tryon(self, g_idx, m_idx, garments, masks, persons, images: np.ndarray) -> None:
         """Fill ``images`` with the try-ons of pairs ``(g_idx[k], m_idx[k])``: each garment and model of the tile is
-        encoded once (``pfafn.tiling``), the flow network and generator run per pair batch."""
+        encoded once (``pfafn.tiling``), the flow network and generator run per pair batch. For ``--output-size
+        original`` ``images`` is float32 N×H×W×8, what :func:`pfafn.fullres.compose_fullres` needs per pair
+        (:func:`pfafn.fullres.pack_lowres`); else uint8 N×H×W×3 try-ons."""
         import torch
 
-        from pfafn import imageio
+        from pfafn import fullres, imageio
         from pfafn.tiling import encode_tile, tryon_pairs
 
         g_used, g_local = np.unique(g_idx, return_inverse=True)
@@ -339,8 +589,15 @@ class TryOnActor(UnitActor):
             tile = encode_tile(self.model, person_t, garment_t, mask_t, chunk=self.batch_size)
             for sl, out in tryon_pairs(self.model, tile, g_local, m_local, batch_size=self.batch_size):
                 tryon = out.tryon.float()
-                if not torch.isfinite(tryon).all():
+                if not (torch.isfinite(tryon).all() and torch.isfinite(out.flow).all()):
                     raise FloatingPointError("non-finite try-on output")
+                if self.original:
+                    g = torch.as_tensor(g_local[sl], device=dev)
+                    region = fullres.change_region(tryon, tile.persons.index_select(
+                        0, torch.as_tensor(m_local[sl], device=dev)), out.composite_mask)
+                    images[sl] = fullres.pack_lowres(out.flow, out.rendered, out.blend_mask, region,
+                                                     tile.garment_masks.index_select(0, g))
+                    continue
                 images[sl] = (((tryon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                               .permute(0, 2, 3, 1).cpu().numpy())
 
@@ -349,18 +606,92 @@ class TryOnActor(UnitActor):
 # Write (CPU tasks): images, then the tile's result rows (the commit point).
 
 
-def image_key(output: str, student_version: str, garment_id: str, model_id: str) -> str:
-    """``{output}/{student_version}/{garment_id}/{model_id}.jpg`` — ids are validated before they get here."""
+#: The file extension of each ``--format``.
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+def image_key(output: str, student_version: str, garment_id: str, model_id: str, fmt: str = "jpeg") -> str:
+    """``{output}/{student_version}/{garment_id}/{model_id}.{jpg|png|webp}`` — ids are validated before they get
+    here."""
     manifests.validate_id(garment_id)
     manifests.validate_id(model_id)
-    return storage.join_uri(output, student_version, garment_id, f"{model_id}.jpg")
+    return storage.join_uri(output, student_version, garment_id, f"{model_id}.{EXTENSIONS[fmt]}")
+
+
+def encode_output(image: np.ndarray, cfg: dict) -> bytes:
+    """One output image in ``cfg["format"]`` (``jpeg_quality`` is the lossy quality of JPEG and WebP)."""
+    from pfafn import imageio
+
+    fmt = cfg.get("format", "jpeg")
+    if fmt == "png":
+        return imageio.encode_png(image)
+    if fmt == "webp":
+        return imageio.encode_webp(image, quality=cfg["jpeg_quality"])
+    return imageio.encode_jpeg(image, quality=cfg["jpeg_quality"])
+
+
+class OriginalPhotos:
+    """The tile's original person and garment photos for ``--output-size original``, each read and decoded once
+    (on first use, with the decode step's input roots and limits); a failure is kept and raised again as the same
+    one-line :class:`pipelines.batch.InputError` for every pair that needs it."""
+
+    def __init__(self, meta: dict, cfg: dict):
+        self.meta, self.cfg, self.cache = meta, cfg, {}
+
+    def _get(self, key: tuple[str, int], load):
+        if key not in self.cache:
+            try:
+                self.cache[key] = load()
+            except InputError as exc:
+                self.cache[key] = exc
+        value = self.cache[key]
+        if isinstance(value, InputError):
+            raise value
+        return value
+
+    def person(self, m: int) -> np.ndarray:
+        def load():
+            with blame("person image"):
+                return read_image(self.meta["model_uris"][m], self.cfg)
+        return self._get(("person", m), load)
+
+    def garment(self, g: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(photo, mask or None)``: None (the model canvas' mask is resized back) when there is no mask file or its
+        size differs from the photo's (the decode step accepted it resized)."""
+        def load():
+            from pfafn import imageio
+
+            with blame("garment image"):
+                image = read_image(self.meta["garment_uris"][g], self.cfg)
+            mask_uri = self.meta["mask_uris"][g]
+            if not mask_uri:
+                return image, None
+            with blame("garment mask"):
+                mask = imageio.decode_mask(read_input(mask_uri, self.cfg), max_pixels=self.cfg["max_image_pixels"])
+            return image, (mask if mask.shape == image.shape[:2] else None)
+        return self._get(("garment", g), load)
+
+    def compose(self, g: int, m: int, lowres: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+        """The pair's try-on at the person photo's size, or ``(None, one-line reason)``."""
+        from pfafn.fullres import compose_fullres
+
+        try:
+            person = self.person(m)
+            garment, mask = self.garment(g)
+        except InputError as exc:
+            return None, exc.reason
+        try:
+            return compose_fullres(person, garment, mask, lowres), None
+        except Exception as exc:  # one pair's failure is its error row
+            return None, error_reason("write", exc)
 
 
 def write_tile(meta: dict, images: np.ndarray, cfg: dict) -> dict:
-    from pfafn import imageio
-
+    """Encode and store the tile's images (``--output-size original``: composed at each person photo's size first),
+    then commit the tile's result rows."""
     n_m = len(meta["model_ids"])
-    version = meta["student_version"]
+    version, fmt = meta["student_version"], cfg.get("format", "jpeg")
+    originals = OriginalPhotos(meta, cfg) if cfg.get("output_size") == "original" else None
     todo = meta["todo"]
     n_pairs = max(1, len(todo))
     decode_ms, model_ms = meta["decode_ms"] / n_pairs, meta["model_ms"] / n_pairs
@@ -368,14 +699,19 @@ def write_tile(meta: dict, images: np.ndarray, cfg: dict) -> dict:
     for code, error in zip(todo, meta["pair_errors"]):
         g, m = divmod(code, n_m)
         gid, mid = meta["garment_ids"][g], meta["model_ids"][m]
-        uri, encode_ms = None, 0.0
+        uri, encode_ms, size = None, 0.0, {}
         if error is None:
-            image = images[k_image]
-            uri, error, encode_ms = store_image(lambda: image_key(cfg["output"], version, gid, mid),
-                                               lambda: imageio.encode_jpeg(image, quality=cfg["jpeg_quality"]))
+            started, image = time.perf_counter(), images[k_image]
             k_image += 1
+            if originals is not None:
+                image, error = originals.compose(g, m, image)
+        if error is None:
+            uri, error, _ = store_image(lambda: image_key(cfg["output"], version, gid, mid, fmt),
+                                        lambda: encode_output(image, cfg))
+            encode_ms = (time.perf_counter() - started) * 1e3
+            size = {"output_height": image.shape[0], "output_width": image.shape[1]} if error is None else {}
         encode_total += encode_ms
-        rows.append(_result(gid, mid, version, error, cfg["run_id"], uri, decode_ms, model_ms, encode_ms))
+        rows.append(_result(gid, mid, version, error, cfg["run_id"], uri, decode_ms, model_ms, encode_ms) | size)
     dest = part_uri(cfg["output"], RESULTS_DIR, cfg["attempt"], meta["tile"])
     commit_part(results_table(rows), dest, cfg)
     n_ok = sum(1 for r in rows if r["status"] == "ok")
@@ -393,13 +729,41 @@ def results_table(rows: list[dict]) -> pa.Table:
 # ----------------------------------------------------------------------------------------------------------------------
 # The stage.
 
+#: Parquet schema metadata key naming the job that wrote a manifest; ``jobs.import_catalog`` writes "import_catalog".
+PRODUCER_KEY = b"pfafn.producer"
+
+
+def manifest_producer(uri: str) -> str | None:
+    """The ``pfafn.producer`` of a Parquet manifest file's schema metadata; None for CSV, a folder of parts, other
+    writers or an unreadable file."""
+    import pyarrow.parquet as pq
+
+    if uri.lower().endswith(".csv"):
+        return None
+    try:
+        fs, path = storage.pyarrow_filesystem(uri)
+        metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    except Exception:  # unreadable here: planning reports it properly
+        return None
+    value = metadata.get(PRODUCER_KEY)
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def resolve_output_size(config: CatalogConfig) -> str:
+    """``auto`` is ``original`` for catalogs imported with ``jobs.import_catalog`` (their users bring their own photos
+    and want them back at their size), ``model`` for any other models manifest (today's output, unchanged)."""
+    if config.output_size != "auto":
+        return config.output_size
+    return "original" if manifest_producer(config.models) == "import_catalog" else "model"
+
 
 class CatalogTryOn(BatchStage):
     """The catalog try-on's hooks for :func:`pipelines.batch.run_batch_stage`."""
 
     name = "catalog_tryon"
     unit_name = "tile"
-    path_fields = ("garments", "models", "output", "student", "official_warp", "official_gen")
+    item_name = "pair"
+    path_fields = ("garments", "models", "output", "student", "official_warp", "official_gen", "pairs")
     model_cls = TryOnActor
     decode = staticmethod(decode_tile)
     write = staticmethod(write_tile)
@@ -413,14 +777,27 @@ class CatalogTryOn(BatchStage):
         return StudentSpec(self.config.student, self.config.official_warp, self.config.official_gen)
 
     def model_version(self) -> str:
-        return self.spec().version()
+        version = self.spec().version()
+        if self.config.expect_version and version != self.config.expect_version:
+            raise StageError(f"catalog: the student {self.config.student} is version {version}, expected "
+                             f"{self.config.expect_version} (was the checkpoint replaced after it was promoted?)")
+        return version
 
     def plan(self, run: BatchRun) -> list[dict]:
         p = self.planned = plan_tiles(self.config, run.version)
-        log.info("catalog %s: %d garments x %d models (+%d/%d rejected rows): %d pairs, %d done before, %d to do in "
-                 "%d tiles", run.run_id, len(p.garments), len(p.models), len(p.rejected_garments),
-                 len(p.rejected_models), p.pairs_total, p.pairs_skipped, p.pairs_todo, len(p.tiles))
+        log.info("catalog %s: %d garments x %d models (+%d/%d rejected rows), %s: %d pairs, %d done before, %d to "
+                 "do in %d tiles", run.run_id, len(p.garments), len(p.models), len(p.rejected_garments),
+                 len(p.rejected_models), self.selection(), p.pairs_total, p.pairs_skipped, p.pairs_todo, len(p.tiles))
         return p.tiles
+
+    def unit_items(self, unit: dict) -> int:
+        return len(unit["todo"])
+
+    def selection(self) -> str:
+        """Which pairs the run covers, in words (the summary's ``selection``)."""
+        c = self.config
+        chosen = ([f"pairs in {c.pairs}"] if c.pairs else []) + ([f"match {c.match}"] if c.match else [])
+        return " and ".join(chosen) or "every garment x every model"
 
     def write_planned(self, run: BatchRun) -> int:
         rows = rejected_rows(self.planned, run.version, run.run_id)
@@ -431,6 +808,15 @@ class CatalogTryOn(BatchStage):
 
     def model_kwargs(self, cfg: dict) -> dict:
         return {"spec": self.spec(), "cfg": cfg}
+
+    def output_size(self) -> str:
+        """``--output-size`` with ``auto`` resolved (:func:`resolve_output_size`), once per run."""
+        if getattr(self, "_output_size", None) is None:
+            self._output_size = resolve_output_size(self.config)
+        return self._output_size
+
+    def worker_extras(self, run: BatchRun) -> dict:
+        return {"output_size": self.output_size()}
 
     def collect(self, row: dict, run: BatchRun) -> None:
         self.peak_rss = max(self.peak_rss, float(row["actor_peak_rss_mb"]))
@@ -446,6 +832,7 @@ class CatalogTryOn(BatchStage):
             "garments": len(p.garments) + len(p.rejected_garments),
             "models": len(p.models) + len(p.rejected_models),
             "rejected_rows": len(p.rejected_garments) + len(p.rejected_models),
+            "selection": self.selection(),
             "pairs_total": p.pairs_total,
             "pairs_skipped": p.pairs_skipped,
             "pairs_ok": run.ok,
@@ -456,6 +843,8 @@ class CatalogTryOn(BatchStage):
             "pairs_per_s": round(run.ok / elapsed, 3) if elapsed > 0 else 0.0,
             "height": self.config.height,
             "width": self.config.width,
+            "output_size": self.output_size(),  # "original": each image at its person photo's size
+            "format": self.config.format,
             "precision": self.precision or None,
             "actor_peak_rss_mb": round(self.peak_rss, 1) if p.tiles else None,
             "model_actor_nodes": sorted(self.actor_nodes),

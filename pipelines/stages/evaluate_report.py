@@ -171,6 +171,8 @@ def report_markdown(report: dict) -> str:
 
 
 def report_html(report: dict) -> str:
+    """The best and worst pairs as cards (result | ground truth | garment) whose scores sort "worst first", and the
+    errors as table rows; both filtered by status and error reason (:func:`pipelines.core.gallery.render_html`)."""
     from pipelines.core import gallery
 
     items = []
@@ -180,15 +182,18 @@ def report_html(report: dict) -> str:
                        f"SSIM {_fmt(e['ssim'])} · PSNR {_fmt(e['psnr'], 2)}{' (identical)' if e['psnr_identical'] else ''}"
                        + (f" · LPIPS {_fmt(e['lpips'])}" if e["lpips"] is not None else ""))
             items.append(gallery.GalleryItem(
-                caption=caption, status=label,
+                caption=caption, status="ok",
                 images=[("result", e["image_uri"]), ("ground truth", e["ground_truth_uri"]),
-                        ("garment", e["garment_uri"] or None)]))
+                        ("garment", e["garment_uri"] or None)],
+                extra={m: e[m] for m in ("ssim", "psnr", "lpips") if e[m] is not None}))
+    errors = [gallery.GalleryItem(caption=f"{e['garment_id']} × {e['model_id']} ({e['student_version']})",
+                                  status="error", images=[], note=e["error"] or "") for e in report["errors"]]
     o = report["overall"]
     meta = (f"run {report['run_id']} · {report['counts']['ok']} scored / {report['counts']['error']} errors / "
             f"{report['counts']['no_ground_truth']} without ground truth · SSIM {_fmt(o['ssim_mean'])} · "
             f"PSNR {_fmt(o['psnr_mean'], 2)} dB (capped at {report['psnr_cap']:g}) · LPIPS {_fmt(o['lpips_mean'])} · "
             f"FID {_fmt(report['fid']['value'], 3)}")
-    return gallery.render_html(f"Try-on evaluation · {report['run_id']}", items, meta)
+    return gallery.render_html(f"Try-on evaluation · {report['run_id']}", items, meta, listed=errors)
 
 
 def write_report(output: str, report: dict) -> dict[str, str]:

@@ -1,12 +1,12 @@
-"""Nightly catalog run: submit the catalog stage for the newest student to a Ray cluster, once per day
+"""Nightly catalog run: submit the catalog stage for the promoted student to a Ray cluster, once per day
 (``jobs.nightly`` is its CLI; its help lists the exit codes).
 
 What :func:`run` does, top to bottom:
 
-1. finds the newest student under ``students``: every ``summary.json`` below that prefix (one per distill run) that
-   holds a ``student_checkpoint`` (URI, or a path relative to the summary's folder; a summary with ``"stage":
-   "distill"`` may name it ``checkpoint`` instead, like the other training summaries); newest by its ``finished_at``
-   (ISO 8601; naive means UTC), else by the summary file's modification time (see docs/operations.md);
+1. finds the student production uses: the newest promotion record under ``{promotions}/promotions/`` (written by
+   ``jobs.promote``; newest by the record's ``promoted_at``, ties by key; an unreadable record is skipped with a
+   logged reason — :mod:`pipelines.core.promotions`). A training run that finished later is not used until someone
+   promotes it, so a smoke-test student written next to the real ones never goes live by itself;
 2. builds the entrypoint ``python -m jobs.catalog_tryon --config ... --student ... --garments ... --models ...
    --output ...`` (plus ``--set`` overrides from ``catalog_overrides``);
 3. submits it with ``ray.job_submission.JobSubmissionClient`` under the submission id
@@ -15,10 +15,10 @@ What :func:`run` does, top to bottom:
    second run the same day ends with exit code 3 instead of running the catalog twice;
 4. waits (unless ``wait`` is false), streaming the job's logs to stderr, and takes the job's status.
 
-The summary holds ``submission_id``, ``status``, ``student``, ``exit_code`` (:func:`exit_code`; see
-:func:`_exit_for`), ``error`` (why, when the exit code is not 0) and, when it waited, the catalog's own summary
-(``job_summary``) parsed from the job's last log line. A ConfigError / StageError raised by :func:`run` carries the
-summary it had got to as ``exc.summary``.
+The summary holds ``submission_id``, ``status``, ``student`` (+ ``student_version`` and the ``promotion`` record),
+``exit_code`` (:func:`exit_code`; see :func:`_exit_for`), ``error`` (why, when the exit code is not 0) and, when it
+waited, the catalog's own summary (``job_summary``) parsed from the job's last log line. A ConfigError / StageError
+raised by :func:`run` carries the summary it had got to as ``exc.summary``.
 
 Credentials never go into the runtime_env (it is stored in the cluster and shown in the dashboard): the cluster's
 pods get S3 access from a Secret or IRSA, and the client authenticates with ``RAY_AUTH_MODE=token`` +
@@ -42,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.core.config import ConfigError, require
 from pipelines.core.errors import StageError
+from pipelines.core.promotions import Promotion, newest_promotion, records_prefix
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ EXIT_CONFIG = 2
 EXIT_ALREADY_SUBMITTED = 3
 EXIT_TIMEOUT = 4
 
-SUMMARY_NAME = "summary.json"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Environment variable names that must never travel in a runtime_env (it is stored in the cluster's job table).
 _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY)", re.I)
@@ -63,7 +63,7 @@ class NightlyConfig:
     """Config of ``jobs.nightly``; every field is documented in jobs/configs/nightly.yaml (no choice fields)."""
 
     address: str = ""
-    students: str = ""
+    promotions: str = ""
     garments: str = ""
     models: str = ""
     output: str = ""
@@ -86,7 +86,7 @@ class NightlyConfig:
     dry_run: bool = False
 
     def validate(self) -> None:
-        require(self, "nightly", "students", "garments", "models", "output")
+        require(self, "nightly", "promotions", "garments", "models", "output")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}", self.submission_prefix or ""):
             raise ConfigError(f"nightly: submission_prefix {self.submission_prefix!r} must match [A-Za-z0-9][A-Za-z0-9_.-]*")
         if self.submission_id and not _SUBMISSION_ID.fullmatch(self.submission_id):
@@ -112,116 +112,21 @@ PRESETS: dict[str, dict[str, Any]] = {}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Newest student
+# The promoted student
 
 
-@dataclass(frozen=True)
-class StudentCandidate:
-    summary_uri: str
-    checkpoint: str
-    finished_at: dt.datetime
-    time_source: str  # "finished_at" or "mtime"
-    version: str | None = None
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
-    if isinstance(value, str) and value.strip():
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = dt.datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-    return None
-
-
-def _mtime(uri: str) -> dt.datetime | None:
+def promoted_student(prefix: str) -> tuple[Promotion, list[str]]:
+    """The newest promotion under ``prefix`` and the skipped records' reasons; ConfigError (exit 2) when there is
+    none or its checkpoint is gone (never a silent fall-back to an older student)."""
     from pipelines.core import storage
 
-    fs, path = storage.filesystem_for(uri)
-    try:
-        info = fs.info(path)
-    except Exception:
-        return None
-    for key in ("LastModified", "last_modified", "mtime", "created"):
-        value = info.get(key)
-        if isinstance(value, dt.datetime):
-            return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        parsed = _parse_time(value)
-        if parsed is not None:
-            return parsed
-    return None
-
-
-def _resolve_checkpoint(summary_uri: str, checkpoint: str) -> str:
-    from pipelines.core import storage
-
-    if "://" in checkpoint or checkpoint.startswith("/"):
-        return checkpoint
-    return storage.join_uri(storage.parent_uri(summary_uri), checkpoint)
-
-
-def _summary_checkpoint(data: Any) -> str | None:
-    """The student checkpoint a distill summary names: ``student_checkpoint``, or ``checkpoint`` in a summary whose
-    ``stage`` is ``distill`` (the shape the training stages' summaries share); None for anything else."""
-    if not isinstance(data, dict):
-        return None
-    value = data.get("student_checkpoint")
-    if value is None and data.get("stage") == "distill":
-        value = data.get("checkpoint")
-    return value if isinstance(value, str) and value else None
-
-
-def student_candidates(students: str) -> tuple[list[StudentCandidate], list[str]]:
-    """Every usable distill summary under ``students`` (or that one file), and one-line reasons for the unusable."""
-    from pipelines.core import storage
-
-    if students.rstrip("/").endswith(".json"):
-        summaries = [students]
-    else:
-        summaries = [u for u in storage.list_files(students) if storage.basename(u) == SUMMARY_NAME]
-    found: list[StudentCandidate] = []
-    skipped: list[str] = []
-    for uri in summaries:
-        try:
-            data = storage.read_json(uri)
-        except storage.StorageError as exc:
-            skipped.append(f"{uri}: {exc.reason}")
-            continue
-        checkpoint = _summary_checkpoint(data)
-        if checkpoint is None:
-            skipped.append(f"{uri}: no 'student_checkpoint'")
-            continue
-        finished = _parse_time(data.get("finished_at"))
-        source = "finished_at"
-        if finished is None:
-            finished, source = _mtime(uri), "mtime"
-        if finished is None:
-            skipped.append(f"{uri}: neither a valid 'finished_at' nor a modification time")
-            continue
-        version = data.get("student_version") or data.get("version")
-        found.append(StudentCandidate(uri, _resolve_checkpoint(uri, checkpoint), finished, source,
-                                      str(version) if version else None))
-    return found, skipped
-
-
-def newest_student(students: str) -> tuple[StudentCandidate, list[str]]:
-    """The newest candidate (ties broken by URI, so the choice is deterministic); ConfigError when there is none."""
-    from pipelines.core import storage
-
-    found, skipped = student_candidates(students)
-    if not found:
+    best, skipped = newest_promotion(prefix)
+    if best is None:
         detail = f" ({len(skipped)} unusable: {skipped[0]}{' ...' if len(skipped) > 1 else ''})" if skipped else ""
-        raise ConfigError(f"nightly: no distill {SUMMARY_NAME} with a 'student_checkpoint' under {students}{detail}")
-    best = max(found, key=lambda c: (c.finished_at, c.summary_uri))
-    if not storage.exists(best.checkpoint):
-        raise ConfigError(f"nightly: the newest student {best.checkpoint} (from {best.summary_uri}) does not exist")
+        raise ConfigError(f"nightly: no promotion record under {records_prefix(prefix)}{detail}; promote a student "
+                          f"first: python -m jobs.promote --student URI --evaluation URI --to {prefix}")
+    if not storage.exists(best.student):
+        raise ConfigError(f"nightly: the promoted student {best.student} (from {best.uri}) does not exist")
     return best, skipped
 
 
@@ -248,11 +153,15 @@ def submission_id_for(config: NightlyConfig, date: dt.date) -> str:
     return config.submission_id or f"{config.submission_prefix}-{date.isoformat()}"
 
 
-def catalog_entrypoint(config: NightlyConfig, student: str) -> str:
+def catalog_entrypoint(config: NightlyConfig, student: str, version: str = "") -> str:
+    """The catalog's command line; ``version`` (the promoted weights' content id) makes the catalog refuse a
+    checkpoint replaced after its promotion."""
     argv = ["python", "-m", "jobs.catalog_tryon"]
     if config.catalog_config:
         argv += ["--config", config.catalog_config]
     argv += ["--student", student, "--garments", config.garments, "--models", config.models, "--output", config.output]
+    if version:
+        argv += ["--expect-version", version]
     for item in config.catalog_overrides:
         argv += ["--set", item]
     return shlex.join(argv)
@@ -406,7 +315,7 @@ class Submission:
     submission_id: str
     date: dt.date
     address: str
-    student: StudentCandidate
+    student: Promotion
     entrypoint: str
     runtime_env: dict[str, Any]
     entrypoint_num_cpus: float | None = None
@@ -463,23 +372,24 @@ def plan(config: NightlyConfig, summary: dict[str, Any]) -> Submission:
     date = run_date(config)
     submission_id = submission_id_for(config, date)
     summary.update(submission_id=submission_id, date=date.isoformat())
-    student, skipped = newest_student(config.students)
+    student, skipped = promoted_student(config.promotions)
     for reason in skipped:
-        log.warning("ignored distill summary %s", reason)
-    job = Submission(submission_id, date, address, student, catalog_entrypoint(config, student.checkpoint),
+        log.warning("ignored promotion record %s", reason)
+    job = Submission(submission_id, date, address, student, catalog_entrypoint(config, student.student, student.student_version),
                      runtime_env(config), config.entrypoint_num_cpus or None)
     summary.update({
-        "student": student.checkpoint,
-        "student_summary": student.summary_uri,
-        "student_finished_at": student.finished_at.isoformat(),
-        "student_time_source": student.time_source,
-        "student_version": student.version,
+        "student": student.student,
+        "student_version": student.student_version,
+        "promotion": student.uri,
+        "promoted_at": student.promoted_at.isoformat(),
+        "promoted_by": student.record.get("promoted_by"),
+        "promotion_forced": bool(student.record.get("forced")),
         "address": _public_address(address) if address else None,
         "entrypoint": job.entrypoint,
         "output": config.output,
     })
-    log.info("nightly %s: student %s (%s %s)", submission_id, student.checkpoint, student.time_source,
-             student.finished_at.isoformat())
+    log.info("nightly %s: student %s (version %s, promoted %s by %s)", submission_id, student.student,
+             student.student_version, student.promoted_at.isoformat(), student.record.get("promoted_by"))
     return job
 
 
@@ -488,7 +398,7 @@ def submit(client, job: Submission, summary: dict[str, Any]) -> bool:
     existing = _existing_status(client, job.submission_id)
     if existing is None:
         metadata = {"stage": "catalog", "trigger": "nightly", "date": job.date.isoformat(),
-                    "student": job.student.checkpoint}
+                    "student": job.student.student, "student_version": job.student.student_version}
         try:
             client.submit_job(entrypoint=job.entrypoint, submission_id=job.submission_id,
                               runtime_env=job.runtime_env or None, metadata=metadata,

@@ -526,6 +526,7 @@ class TutorInference(BatchStage):
 
     name = "tutor_inference"
     unit_name = "chunk"
+    item_name = "sample"
     path_fields = ("data", "tutor", "output")
     model_cls = TutorActor
     decode = staticmethod(decode_chunk)
@@ -543,6 +544,9 @@ class TutorInference(BatchStage):
                  "before decoding", run.run_id, p.persons, self.config.k, p.fakes_total, p.fakes_skipped,
                  p.fakes_total - p.fakes_skipped - n_pre, len(p.chunks), n_pre)
         return p.chunks
+
+    def unit_items(self, unit: dict) -> int:
+        return len(json.loads(unit["spec"])["rows"])
 
     def write_planned(self, run: BatchRun) -> int:
         out, p = self.config.output, self.planned

@@ -1,8 +1,9 @@
 """Where a training run keeps its state, and how it is read back.
 
-``{output}/ray/<phase>/step_XXXXXXXX/{state.pt,state.json}``
+``{output}/ray/<phase>/step_XXXXXXXX/{state.pt,state.json,loss_curve.png}``
     Ray Train checkpoints (``RunConfig(storage_path={output}/ray, name=<phase>)``): networks, optimizers, GradScaler,
-    step, loss history, epoch metrics; read with ``weights_only=True``.
+    step, loss history, epoch metrics; read with ``weights_only=True``; the phase's loss curve so far
+    (``pipelines.training.curves``).
 ``{output}/phases/<phase>.json`` and ``.pt``
     a finished phase's record (plan key, resume facts, history) and final weights; the next phase starts from them
     and a re-run skips the phase.
@@ -23,14 +24,18 @@ STATE_FILE = "state.pt"
 STATE_JSON = "state.json"
 
 
-def write_checkpoint_dir(state: dict, meta: dict) -> str:
-    """A new local directory holding ``state.pt`` (``state``) and ``state.json`` (``meta``)."""
+def write_checkpoint_dir(state: dict, meta: dict, files: dict[str, bytes] | None = None) -> str:
+    """A new local directory holding ``state.pt`` (``state``), ``state.json`` (``meta``) and ``files`` (name ->
+    bytes: the loss curve, ``pipelines.training.curves``). Ray Train uploads the directory as one checkpoint."""
     import torch
 
     tmp = tempfile.mkdtemp(prefix="pfafn-ckpt-")
     torch.save(state, os.path.join(tmp, STATE_FILE))
     with open(os.path.join(tmp, STATE_JSON), "w", encoding="utf-8") as fh:
         json.dump(meta, fh, sort_keys=True, default=str)
+    for name, data in (files or {}).items():
+        with open(os.path.join(tmp, name), "wb") as fh:
+            fh.write(data)
     return tmp
 
 

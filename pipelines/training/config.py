@@ -85,6 +85,7 @@ class TrainSettings:
     cpus_per_worker: float = 1.0
     max_failures: int = 0
     checkpoint_every_steps: int = 0  # 0: only at epoch ends (and the last step)
+    log_every_steps: int = 50  # rank 0 logs step / total, loss terms, samples/s, ETA every N steps (0: never)
     num_to_keep: int = 2
     async_upload: bool = True
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32
@@ -105,6 +106,8 @@ class TrainSettings:
             raise ConfigError(f"{where}: train.num_workers must be >= 1")
         if self.max_failures < -1:
             raise ConfigError(f"{where}: train.max_failures must be >= -1 (-1 = retry forever)")
+        if self.log_every_steps < 0:
+            raise ConfigError(f"{where}: train.log_every_steps must be >= 0 (0 = no progress lines)")
 
 
 @dataclass

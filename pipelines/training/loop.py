@@ -34,6 +34,7 @@ from typing import Any, Iterator, Mapping
 from pipelines.core import storage
 from pipelines.training.checkpoints import load_checkpoint_state, write_checkpoint_dir
 from pipelines.training.config import PhaseConfig, TrainSettings
+from pipelines.training.curves import checkpoint_files, window_means
 from pipelines.training.data import EpochPlan
 from pipelines.training.schedule import linear_decay_lr
 
@@ -136,6 +137,8 @@ class PhaseWorker:
         self.final_checkpoint = False
         self.last_reported = 0
         self.t0 = time.perf_counter()
+        self.progress = None  # rank 0's pipelines.core.progress.StepProgress, from batches() on
+        self.last_logged = 0
 
     @property
     def done(self) -> bool:
@@ -229,7 +232,15 @@ class PhaseWorker:
         batches = shard.iter_torch_batches(batch_size=self.run.batch_size, drop_last=True,
                                            prefetch_batches=self.settings.prefetch_batches)
         self.last_reported, self.t0 = self.step, time.perf_counter()
+        self._start_progress()
         return itertools.islice(batches, max(0, skip), None)
+
+    def _start_progress(self) -> None:
+        from pipelines.core.progress import StepProgress
+
+        self.last_logged = self.step
+        self.progress = StepProgress(self.run.name, total_steps=self.plan.total_steps, step=self.step,
+                                     samples_per_step=self.run.batch_size * self.world)
 
     # 4. train step ---------------------------------------------------------------------------------------------------
 
@@ -246,7 +257,18 @@ class PhaseWorker:
         entry.update({k: _finite(_float(v)) for k, v in parts.items()})
         self.history.append(entry)
         maybe_inject_fault(self.run, self.step, self.rank)
+        self._log_if_due(epoch)
         self._report_if_due(entry, epoch)
+
+    def _log_if_due(self, epoch: int) -> None:
+        """Rank 0, every ``log_every_steps`` steps and at the phase's last step: one progress line (step / total,
+        the main loss terms averaged since the previous line, samples/s, ETA)."""
+        every, last = self.settings.log_every_steps, self.step >= self.plan.total_steps
+        if self.rank != 0 or self.progress is None or not every or not (last or self.step % every == 0):
+            return
+        window = self.history[max(0, len(self.history) - (self.step - self.last_logged)):]
+        self.last_logged = self.step
+        log.info("%s", self.progress.line(self.step, f"{epoch + 1}/{self.plan.epochs}", window_means(window)))
 
     def _set_lr(self, epoch: int) -> None:
         phase = self.task.phase
@@ -312,7 +334,8 @@ class PhaseWorker:
                 "plan_key": self.run.plan_key}
         ckpt = None
         if self.rank == 0:
-            ckpt = ray.train.Checkpoint.from_directory(write_checkpoint_dir(self._state(final), meta))
+            files = checkpoint_files(self.run.name, self.history)  # loss_curve.png beside state.pt
+            ckpt = ray.train.Checkpoint.from_directory(write_checkpoint_dir(self._state(final), meta, files))
         mode = (ray.train.CheckpointUploadMode.ASYNC if self.settings.async_upload
                 else ray.train.CheckpointUploadMode.SYNC)
         ray.train.report(dict(metrics, step=self.step, phase=self.run.name), checkpoint=ckpt,

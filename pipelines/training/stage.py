@@ -25,6 +25,7 @@ from pipelines.training import data as tdata
 from pipelines.training.checkpoints import load_phase_weights, warp_and_gen
 from pipelines.training.common import check_vgg_available
 from pipelines.training.config import TrainingConfig, with_absolute_paths
+from pipelines.training.curves import write_stage_curve
 from pipelines.training.loop import PhaseTask
 from pipelines.training.phases import run_phase
 
@@ -106,7 +107,8 @@ def run_training(config: TrainingConfig, stage_cls: Callable[[TrainingConfig], T
             raise StageError(f"{config.STAGE}: {exc}") from None
         lock.check()  # a run that lost its lock writes no model file and no summary
         summary = {"stage": config.STAGE, "run_id": run_id, "data": config.data, "output": config.output,
-                   **stage.finish(phases), **samples.summary}
+                   **stage.finish(phases), **samples.summary,
+                   "loss_curve": write_stage_curve(config.output, config.STAGE, phases)}  # beside the model file
         summary.update(_common_summary(config, phases, samples, errors, started))
         write_run_summary(config.output, run_id, summary, lock)
     return summary
