@@ -26,8 +26,11 @@ Precision policy (the reason this is a wrapper and not a ``model.half()``):
   without AMX-FP16).
 * Everything that is a coordinate stays fp32: the 2-channel offset convolutions, the offset → grid conversion, flow
   composition and upsampling, and every ``grid_sample`` (autocast is disabled locally, see ``pfafn.nn.flow``).
-  The correlation accumulates in fp32; the final composition (tanh / sigmoid / blend) is fp32.
+  The correlation accumulates in fp32 (under bf16 at inference: bf16 GEMMs with fp32 accumulation, see
+  ``pfafn.nn.correlation``); the final composition (tanh / sigmoid / blend) is fp32.
 * ``channels_last`` converts the weights and inputs to NHWC, which oneDNN (CPU) and cuDNN (tensor cores) prefer.
+* ``fold_bn`` (default on for bf16 / fp16, off for fp32) folds each Conv→BatchNorm pair into the conv
+  (``pfafn.fuse``): one pass over the activation less per pair; the fp32 default stays the published arithmetic.
 * ``compile=True`` applies ``torch.compile`` in place to the conv-heavy children (encoders, FPNs, flow network,
   generator); the first call per input shape pays the compilation.
 
@@ -45,6 +48,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from pfafn.fuse import fold_batchnorm
 from pfafn.tryon import TryOnModel, TryOnOutput
 
 __all__ = ["InferenceMode", "TryOnPredictor"]
@@ -60,23 +64,30 @@ class InferenceMode:
         dtype: ``"fp32"`` (the published precision), ``"bf16"`` or ``"fp16"`` (autocast for the convolutions only).
         channels_last: NHWC weights and inputs.
         compile: ``torch.compile`` the conv-heavy children.
+        fold_bn: fold every Conv→BatchNorm pair into the conv at :meth:`prepare` (``pfafn.fuse``). ``None`` (the
+            default) means on for bf16 / fp16 and off for fp32, so the published fp32 path stays bit for bit
+            (folding re-rounds the weights: ~1e-6 relative in fp32).
     """
 
     dtype: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    fold_bn: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in _AUTOCAST_DTYPES:
             raise ValueError(f"InferenceMode.dtype must be one of {sorted(_AUTOCAST_DTYPES)}, got {self.dtype!r}")
+        if self.fold_bn is None:
+            object.__setattr__(self, "fold_bn", self.dtype != "fp32")
 
     @classmethod
     def parse(cls, spec: str) -> InferenceMode:
         """Parse ``"bf16"``, ``"bf16+channels_last"``, ``"fp16+channels_last+compile"``, ``"fp32"`` …
 
-        Flags: ``channels_last`` (alias ``cl``) and ``compile``; the dtype defaults to fp32.
+        Flags: ``channels_last`` (alias ``cl``), ``compile``, ``fold`` / ``nofold`` (BatchNorm folding, see
+        ``fold_bn``; default on for bf16 / fp16); the dtype defaults to fp32.
         """
-        dtype, channels_last, compile_ = "fp32", False, False
+        dtype, channels_last, compile_, fold = "fp32", False, False, None
         for part in (p.strip().lower() for p in spec.split("+") if p.strip()):
             if part in _AUTOCAST_DTYPES:
                 dtype = part
@@ -84,12 +95,17 @@ class InferenceMode:
                 channels_last = True
             elif part == "compile":
                 compile_ = True
+            elif part in ("fold", "nofold"):
+                fold = part == "fold"
             else:
                 raise ValueError(f"unknown inference mode part {part!r} in {spec!r}")
-        return cls(dtype=dtype, channels_last=channels_last, compile=compile_)
+        return cls(dtype=dtype, channels_last=channels_last, compile=compile_, fold_bn=fold)
 
     def __str__(self) -> str:
-        return "+".join([self.dtype] + (["channels_last"] if self.channels_last else []) + (["compile"] if self.compile else []))
+        parts = [self.dtype] + (["channels_last"] if self.channels_last else []) + (["compile"] if self.compile else [])
+        if self.fold_bn != (self.dtype != "fp32"):  # only when it differs from the default: str ↔ parse round trip
+            parts.append("fold" if self.fold_bn else "nofold")
+        return "+".join(parts)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -102,13 +118,16 @@ class InferenceMode:
         return torch.autocast(device_type=torch.device(device).type, dtype=self.autocast_dtype)
 
     def prepare(self, model: TryOnModel) -> TryOnModel:
-        """Put ``model`` in eval mode and apply channels_last / compile **in place**; returns it.
+        """Put ``model`` in eval mode and apply BatchNorm folding / channels_last / compile **in place**; returns it.
 
         For callers that drive the model themselves (e.g. ``pfafn.tiling``): run it under ``torch.inference_mode()``
         and :meth:`autocast`.  ``compile`` wraps the conv-heavy children with ``torch.compile`` (``Module.compile``,
-        so state_dict keys do not change).
+        so state_dict keys do not change).  ``fold_bn`` replaces folded BatchNorms by ``nn.Identity`` (their
+        state_dict keys disappear): the prepared model is for inference, not for saving.
         """
         model.eval()
+        if self.fold_bn:
+            fold_batchnorm(model)  # before channels_last: the folded weights are converted with the rest
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.compile:

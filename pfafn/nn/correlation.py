@@ -55,7 +55,10 @@ def local_correlation(first: Tensor, second: Tensor, max_displacement: int = 3) 
     Returns:
         B×(2d+1)²×H×W.  Channel ``k`` holds displacement ``dy = k // (2d+1) - d``, ``dx = k % (2d+1) - d``.
         The dtype is the promoted input dtype, except that fp16 / bf16 inputs are computed in and returned as
-        fp32 (see ``_compute_dtype``); the following convolution casts back under autocast.
+        fp32 (see ``_compute_dtype``); the following convolution casts back under autocast.  Under bf16 autocast with
+        autograd off (inference) both inputs are cast to bf16 and the volume is computed as batched
+        matrix products with fp32 accumulation and returned in bf16 (``_correlation_bf16_gemm``): the next
+        convolution takes it in bf16 anyway.
 
     Memory: a loop over the shifts over views of the padded ``second`` (on CPU, over horizontal bands of rows as
     well): one B×C×rows×W product is live at a time, no (2d+1)²-fold unfolded copy is made, and autograd saves
@@ -68,6 +71,8 @@ def local_correlation(first: Tensor, second: Tensor, max_displacement: int = 3) 
         )
     if max_displacement < 0:
         raise ValueError(f"max_displacement must be >= 0, got {max_displacement}")
+    if _bf16_gemm_applies(first, second):
+        return _correlation_bf16_gemm(first, second, max_displacement)
     dtype = _compute_dtype(first, second)
     first = first.to(dtype)
     second = second.to(dtype)
@@ -88,3 +93,67 @@ def local_correlation(first: Tensor, second: Tensor, max_displacement: int = 3) 
         bands.append(torch.stack(planes, dim=1))
     out = bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
     return out * (1.0 / channels)
+
+
+def _bf16_gemm_applies(first: Tensor, second: Tensor) -> bool:
+    """bf16 autocast on this device, floating inputs, and autograd off (inference only: training keeps the
+    differentiable fp32 loop, whose saved tensors are views)."""
+    device_type = first.device.type
+    if not (first.is_floating_point() and second.is_floating_point()):
+        return False
+    if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+        return False
+    if torch.get_autocast_dtype(device_type) != torch.bfloat16:
+        return False
+    return not torch.is_grad_enabled()
+
+
+#: Pixels per row block of the GEMMs: each block of ``k`` consecutive pixels is multiplied against the ``k + 2d``
+#: pixels of its shifted neighbourhood, so (k + 2d) / (2d + 1) times the needed products are computed; larger
+#: blocks make larger (more efficient) GEMMs but waste more. 32 was fastest of 16 / 32 / 64 / 128 at 128×96, C 256,
+#: one thread on the 2-core AVX512-BF16 machine (measured under load: indicative).
+_GEMM_BLOCK = 32
+
+
+def _flat_nhwc(x: Tensor, d: int, top: int, left: int, length: int) -> Tensor:
+    """``x`` (B×C×H×W, any float dtype) as a zero-filled bf16 (length)×C row-major pixel sequence on a
+    B×(H+2d)×(W+2d) canvas; the cast to bf16 and the NHWC transpose are one copy."""
+    batch, channels, height, width = x.shape
+    canvas = (batch, height + 2 * d, width + 2 * d, channels)
+    buf = x.new_zeros(length, channels, dtype=torch.bfloat16)
+    buf[: canvas[0] * canvas[1] * canvas[2]].view(canvas)[:, top : top + height, left : left + width] = x.permute(
+        0, 2, 3, 1
+    )
+    return buf
+
+
+def _correlation_bf16_gemm(first: Tensor, second: Tensor, d: int) -> Tensor:
+    """The cost volume as batched bf16 GEMMs (fp32 accumulation inside the GEMM, bf16 result).
+
+    Both features are laid out NHWC as one pixel sequence on the zero-padded (H+2d)×(W+2d) canvas of ``second``
+    (``first`` in the top-left H×W of each canvas). With row length ``Wp = W + 2d``, the neighbour (dy, dx) of
+    sequence position i is position ``i + dy·Wp + dx`` of the padded ``second``: for each dy, a block of k
+    consecutive pixels of ``first`` times the next k + 2d pixels of ``second`` (two non-overlapping strided views,
+    one copy: the 2d-wide one, whose batch stride is not its size, is copied inside ``bmm``) gives a k×(k+2d)
+    product whose diagonals ``[i, i + dx]`` are the 2d+1 wanted values.
+    """
+    size, k = 2 * d + 1, _GEMM_BLOCK
+    batch, channels, height, width = first.shape
+    wp = width + 2 * d
+    total = batch * (height + 2 * d) * wp
+    blocks = -(-total // k)
+    padded = _flat_nhwc(second, d, d, d, blocks * k + 2 * d * wp + k)
+    first_blocks = _flat_nhwc(first, d, 0, 0, blocks * k).view(blocks, k, channels)
+    out = first_blocks.new_empty(blocks, k, size, size)
+    for dy in range(size):
+        offset = dy * wp * channels
+        main = torch.bmm(first_blocks, padded.as_strided((blocks, channels, k), (k * channels, 1, channels), offset))
+        tail = torch.bmm(first_blocks, padded.as_strided((blocks, channels, 2 * d), (k * channels, 1, channels),
+                                                         offset + k * channels))
+        products = torch.cat([main, tail], dim=2)  # blocks×k×(k+2d)
+        out[:, :, dy] = products.as_strided((blocks, k, size), (k * (k + 2 * d), k + 2 * d + 1, 1))
+    out = out.view(blocks * k, size * size)[:total].view(batch, height + 2 * d, wp, size * size)[:, :height, :width]
+    # The next convolution runs in the features' layout: a channels_last volume for channels_last features (no
+    # conversion), plain NCHW otherwise (NCHW weights would make oneDNN reorder per call).
+    layout = torch.channels_last if second.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return (out.permute(0, 3, 1, 2) * (1.0 / channels)).contiguous(memory_format=layout)
