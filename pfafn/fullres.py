@@ -191,10 +191,11 @@ def compose_fullres(person: np.ndarray, garment: np.ndarray, garment_mask: np.nd
     garment_t = _image_tensor(garment, device)
     # Premultiplied sampling: the colour at a silhouette edge is the garment's own, not mixed with its background.
     # Where the garment lands smaller than in its photo, sample a low-passed copy at that scale (no moiré).
-    source = torch.cat([garment_t * mask, mask], 1)
-    source = _prefiltered(source, _shrink(garment_grid(flow, g_geom), g_geom, blend * region))
-    warped = F.grid_sample(source, garment_grid(flow, g_geom, tuple(source.shape[-2:])), mode="bicubic",
-                           padding_mode="zeros", align_corners=True)
+    source, grid = torch.cat([garment_t * mask, mask], 1), garment_grid(flow, g_geom)
+    source = _prefiltered(source, _shrink(grid, g_geom, blend * region))
+    if source.shape[-2:] != garment_t.shape[-2:]:  # low-passed to a smaller size: its own pixel grid
+        grid = garment_grid(flow, g_geom, tuple(source.shape[-2:]))
+    warped = F.grid_sample(source, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
     warped = torch.cat([warped[:, :3].clamp_min(0), warped[:, 3:].clamp(0, 1)], 1)
     warped_mask = warped[:, 3:4]
     colour = torch.where(warped_mask > 1e-6, warped[:, :3] / warped_mask.clamp_min(1e-6), torch.zeros(()))

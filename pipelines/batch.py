@@ -223,14 +223,9 @@ def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.
     """
     from pfafn import garment_mask, imageio
 
-    with blame("garment image"):
-        image = imageio.decode_image(read_input(image_uri, cfg), max_pixels=cfg["max_image_pixels"])
+    image, mask = read_garment(image_uri, mask_uri, cfg)
     with blame("garment mask"):
-        if mask_uri:
-            mask = imageio.decode_mask(read_input(mask_uri, cfg), max_pixels=cfg["max_image_pixels"])
-            # Another resolution of the same framing (aspect within 1 %) is resized; another framing is an error.
-            mask = imageio.match_mask_size(mask, *image.shape[:2])
-        else:
+        if mask is None:
             extracted = garment_mask.extract_garment_mask(image)
             if extracted.confidence < cfg["min_mask_confidence"]:
                 raise garment_mask.GarmentMaskError(
@@ -240,6 +235,21 @@ def decode_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.
     with blame("garment image"):
         fitted = imageio.fit_image(image, cfg["height"], cfg["width"])
     return fitted, (fitted_mask > 0.5).astype(np.uint8) * 255
+
+
+def read_garment(image_uri: str, mask_uri: str | None, cfg: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """The garment photo (uint8 H×W×3) and its mask file at the photo's resolution (float32 H×W in [0, 1]; None
+    without a mask file). Another resolution of the same framing (aspect within 1 %) is resized; another framing is
+    the ``garment mask``'s :class:`InputError` naming both sizes."""
+    from pfafn import imageio
+
+    with blame("garment image"):
+        image = read_image(image_uri, cfg)
+    if not mask_uri:
+        return image, None
+    with blame("garment mask"):
+        mask = imageio.decode_mask(read_input(mask_uri, cfg), max_pixels=cfg["max_image_pixels"])
+        return image, imageio.match_mask_size(mask, *image.shape[:2])
 
 
 def read_image(uri: str, cfg: dict) -> np.ndarray:
@@ -474,7 +484,7 @@ def progress(stage: "BatchStage", run: "BatchRun", clock: Callable[[], float] = 
 
     return StreamProgress(f"{stage.name} {run.run_id}", items_total=sum(map(stage.unit_items, run.units)),
                           units_total=len(run.units), item_name=stage.item_name or stage.unit_name,
-                          unit_name=stage.unit_name, every_s=getattr(stage.config, "progress_every_s", 30.0),
+                          unit_name=stage.unit_name, every_s=stage.config.progress_every_s,
                           clock=clock)
 
 

@@ -234,3 +234,25 @@ def test_catalog_auto_size_webp(ray_session, tmp_path):
     for r in load_results(str(tmp_path / "out_webp")).to_pylist():
         img = Image.open(io.BytesIO(storage.read_bytes(r["image_uri"])))
         assert img.format == "WEBP" and img.size[::-1] == photos[r["model_id"]].shape[:2]
+
+
+def test_write_step_reads_the_mask_as_the_decode_step_does(tmp_path):
+    """The full-size composition gets the garment mask the decode step used: a mask file of another resolution (same
+    framing) resized to the photo, not dropped; another framing is the garment mask's error."""
+    from pipelines.batch import InputError, read_garment
+    from pipelines.stages.catalog_tryon import OriginalPhotos
+
+    photo, half, wide = (str(tmp_path / n) for n in ("g.png", "g_mask.png", "w_mask.png"))
+    storage.write_bytes(photo, png_bytes(np.full((64, 48, 3), 90, np.uint8)))
+    storage.write_bytes(half, imageio.encode_png(np.full((32, 24, 3), 255, np.uint8)))
+    storage.write_bytes(wide, imageio.encode_png(np.full((32, 32, 3), 255, np.uint8)))
+    cfg = {"allowed_roots": [str(tmp_path)], "max_image_pixels": 10**7, "max_image_bytes": 10**7,
+           "read_timeout_s": 10.0}
+    meta = {"garment_uris": [photo, photo, photo], "mask_uris": [half, "", wide]}
+    originals = OriginalPhotos(meta, cfg)
+    image, mask = originals.garment(0)
+    assert image.shape == (64, 48, 3) and mask.shape == (64, 48) and float(mask.min()) == 1.0
+    assert originals.garment(1)[1] is None
+    with pytest.raises(InputError, match="garment mask: .*aspect"):
+        originals.garment(2)
+    assert read_garment(photo, half, cfg)[1].shape == (64, 48)

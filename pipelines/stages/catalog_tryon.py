@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipelines.batch import (BatchRun, BatchStage, BatchStageConfig, InputError, UnitActor, blame, commit_part,
                              decode_garment, decode_photo, error_reason, first_errors, part_uri, peak_rss_mb,
-                             read_image, read_input, read_parts, reason_for, result_row, rows_table, run_batch_stage,
+                             read_garment, read_image, read_parts, reason_for, result_row, rows_table, run_batch_stage,
                              store_image)
 from pipelines.core import manifests, parts, storage
 from pipelines.core.config import ConfigError
@@ -408,20 +408,10 @@ class OriginalPhotos:
         return self._get(("person", m), load)
 
     def garment(self, g: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(photo, mask or None)``: None (the model canvas' mask is resized back) when there is no mask file or its
-        size differs from the photo's (the decode step accepted it resized)."""
-        def load():
-            from pfafn import imageio
-
-            with blame("garment image"):
-                image = read_image(self.meta["garment_uris"][g], self.cfg)
-            mask_uri = self.meta["mask_uris"][g]
-            if not mask_uri:
-                return image, None
-            with blame("garment mask"):
-                mask = imageio.decode_mask(read_input(mask_uri, self.cfg), max_pixels=self.cfg["max_image_pixels"])
-            return image, (mask if mask.shape == image.shape[:2] else None)
-        return self._get(("garment", g), load)
+        """``(photo, mask or None)`` as the decode step read them (:func:`pipelines.batch.read_garment`: a mask of
+        another resolution resized to the photo); None without a mask file (the model canvas' mask is resized back)."""
+        return self._get(("garment", g), lambda: read_garment(self.meta["garment_uris"][g], self.meta["mask_uris"][g],
+                                                              self.cfg))
 
     def compose(self, g: int, m: int, lowres: np.ndarray) -> tuple[np.ndarray | None, str | None]:
         """The pair's try-on at the person photo's size, or ``(None, one-line reason)``."""
