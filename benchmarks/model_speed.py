@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import add_malloc_flag, apply_malloc, cpu_name  # noqa: E402
 
 from pfafn.inference import InferenceMode, TryOnPredictor  # noqa: E402
 from pfafn.tryon import TryOnModel  # noqa: E402
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--quick", action="store_true", help="batch 1, 2 repeats, fp32 vs bf16+channels_last")
+    add_malloc_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.repeats, args.modes = [1], 2, ["fp32", "bf16+channels_last"]
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     machine = _machine(device)  # before the run: load_avg_at_start
+    machine["malloc_cache_mb"] = apply_malloc(args.malloc_cache_mb, device.type)
     modes = [InferenceMode.parse(m) for m in args.modes]
 
     torch.manual_seed(0)

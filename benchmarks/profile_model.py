@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -33,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import add_malloc_flag, apply_malloc, cpu_name  # noqa: E402
 from pfafn.inference import InferenceMode  # noqa: E402
 from pfafn.nn.afwm import NetworkWidths  # noqa: E402
 from pfafn.tiling import encode_tile, tryon_pairs  # noqa: E402
@@ -134,8 +135,9 @@ def markdown(result: dict) -> str:
     p = result["profile"]
     lines = [f"Mode `{result['mode']}`, {result['height']}×{result['width']} ({result['widths']} widths), tile "
              f"{result['tile'][0]}×{result['tile'][1]} = {result['pairs']} pairs, batch {result['batch_size']}, "
-             f"{result['machine']['torch_threads']} threads; self CPU time total {p['total_self_cpu_ms']} ms "
-             f"(load average {result['machine']['load_avg_at_start'][0]} at start).", "",
+             f"{result['machine']['torch_threads']} threads; self CPU time total {p['total_self_cpu_ms']} ms, "
+             f"unprofiled tile {result['unprofiled_tile_s']} s, {result['minor_page_faults_per_tile']} minor page "
+             f"faults per tile (load average {result['machine']['load_avg_at_start'][0]} at start).", "",
              "| scope | self CPU ms | share |", "|---|---|---|"]
     lines += [f"| {s['scope']} | {s['self_cpu_ms']} | {100 * s['share']:.1f} % |" for s in p["by_scope"]]
     lines += ["", "| op | calls | self CPU ms | share |", "|---|---|---|---|"]
@@ -158,6 +160,7 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fp32-correlation", action="store_true",
                         help="the correlation's fp32 loop even under bf16 (the 'before' of the bf16 GEMM path)")
+    add_malloc_flag(parser)
     parser.add_argument("--top", type=int, default=25, help="ops in the table")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--markdown", help="also write the Markdown tables here")
@@ -174,6 +177,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     mode, device = InferenceMode.parse(args.mode), args.device
+    malloc_mb = apply_malloc(args.malloc_cache_mb, device)
     if args.fp32_correlation:
         import pfafn.nn.correlation as correlation
 
@@ -183,15 +187,16 @@ def main(argv=None) -> dict:
     model = mode.prepare(TryOnModel(widths).eval().to(device))
     g = torch.Generator().manual_seed(1)
     h, w, n_g, n_m = args.height, args.width, args.garments, args.models
-    persons = (torch.rand(n_m, 3, h, w, generator=g) * 2 - 1).to(device)
-    garments = (torch.rand(n_g, 3, h, w, generator=g) * 2 - 1).to(device)
-    masks = (torch.rand(n_g, 1, h, w, generator=g) > 0.3).float().to(device)
+    persons = mode.input(torch.rand(n_m, 3, h, w, generator=g) * 2 - 1, device)  # as the catalog's actor feeds it
+    garments = mode.input(torch.rand(n_g, 3, h, w, generator=g) * 2 - 1, device)
+    masks = mode.input((torch.rand(n_g, 1, h, w, generator=g) > 0.3).float(), device)
     pairs = [(i, j) for i in range(n_g) for j in range(n_m)]
     load_start = [round(x, 2) for x in os.getloadavg()]
     _run_tile(model, mode, persons, garments, masks, pairs, args.batch_size, device)  # warm-up
-    t0 = time.perf_counter()
+    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     _run_tile(model, mode, persons, garments, masks, pairs, args.batch_size, device)
     unprofiled_s = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0  # load-independent, unlike the times
     handles = _add_scope_hooks(model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -201,7 +206,8 @@ def main(argv=None) -> dict:
     result = {"benchmark": "profile_model", "mode": str(mode), "fp32_correlation": args.fp32_correlation,
               "device": device, "height": h, "width": w,
               "widths": "tiny" if args.tiny_widths else "published", "tile": [n_g, n_m], "pairs": len(pairs),
-              "batch_size": args.batch_size, "unprofiled_tile_s": round(unprofiled_s, 3),
+              "batch_size": args.batch_size, "malloc_cache_mb": malloc_mb,
+              "unprofiled_tile_s": round(unprofiled_s, 3), "minor_page_faults_per_tile": faults,
               "unprofiled_pairs_per_s": round(len(pairs) / unprofiled_s, 3),
               "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__, "python": platform.python_version(),

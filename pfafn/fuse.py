@@ -19,7 +19,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batchnorm"]
+from pfafn.nn.afwm import AFlowNet
+from pfafn.nn.flow import memory_format_of
+
+__all__ = ["cast_conv_weights", "fold_batchnorm"]
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -48,14 +51,30 @@ def fold_batchnorm(model: nn.Module) -> int:
             if conv is None or bn is None or not _foldable(conv, bn):
                 continue
             fused = fuse_conv_bn_eval(conv, bn)
-            fused.weight.data = fused.weight.data.contiguous(memory_format=_memory_format(conv.weight))
+            fused.weight.data = fused.weight.data.contiguous(memory_format=memory_format_of(conv.weight))
             seq._modules[first] = fused
             seq._modules[second] = nn.Identity()
             folded += 1
     return folded
 
 
-def _memory_format(weight: torch.Tensor) -> torch.memory_format:
-    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+
+def cast_conv_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every ``Conv2d``'s weight and bias in ``dtype`` (bf16 / fp16), in place; returns how many convs.
+
+    Under autocast each convolution casts its fp32 weight (and bias) to the autocast dtype on every call: 430 of
+    the 768 ``aten::copy_`` calls of a tiled bf16 forward (4×4 tile, 256×192), ~150 ms of its ~6 s on two CPU
+    cores (docs/model-speed.md). Casting once at load removes those copies; the arithmetic is the
+    same, since autocast computes with exactly these rounded weights. Left in fp32: BatchNorms (their statistics
+    are not rounded) and the flow networks' offset convs (``AFlowNet.offset_convs``), which run in fp32 by design.
+    Inference only: a model cast this way is never trained or saved.
+    """
+    keep = {id(conv) for m in model.modules() if isinstance(m, AFlowNet) for conv in m.offset_convs()}
+    cast = 0
+    for module in model.modules():
+        if type(module) is nn.Conv2d and id(module) not in keep:
+            module.weight.data = module.weight.data.to(dtype)  # .to keeps the memory format (channels_last too)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+            cast += 1
+    return cast

@@ -31,8 +31,9 @@ Precision policy (the reason this is a wrapper and not a ``model.half()``):
 * ``channels_last`` converts the weights and inputs to NHWC, which oneDNN (CPU) and cuDNN (tensor cores) prefer.
 * ``fold_bn`` (default on for bf16 / fp16, off for fp32) folds each Conv→BatchNorm pair into the conv
   (``pfafn.fuse``): one pass over the activation less per pair; the fp32 default stays the published arithmetic.
-* ``compile=True`` applies ``torch.compile`` in place to the conv-heavy children (encoders, FPNs, flow network,
-  generator); the first call per input shape pays the compilation.
+* ``compile=True`` applies ``torch.compile`` (inductor, with freezing) in place to the conv-heavy children
+  (encoders, FPNs, flow network, generator); the first call per input shape pays the compilation — minutes on a
+  2-core CPU, for no measured gain there (docs/model-speed.md): off by default.
 
 Outputs are always fp32 and contiguous, whatever the mode.  The predictor runs under ``torch.inference_mode`` and
 puts the model in eval mode (BatchNorm uses running statistics, as in the published test pipeline); it converts the
@@ -48,7 +49,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from pfafn.fuse import fold_batchnorm
+from pfafn.fuse import cast_conv_weights, fold_batchnorm
 from pfafn.tryon import TryOnModel, TryOnOutput
 
 __all__ = ["InferenceMode", "TryOnPredictor"]
@@ -117,6 +118,12 @@ class InferenceMode:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(device).type, dtype=self.autocast_dtype)
 
+    def input(self, t: Tensor, device: torch.device | str | None = None) -> Tensor:
+        """``t`` as a model input: fp32 on ``device`` (default: where it is), NHWC with ``channels_last`` (an NCHW
+        input would be converted by the first convolution and again wherever it joins NHWC activations)."""
+        memory_format = torch.channels_last if self.channels_last and t.dim() == 4 else torch.contiguous_format
+        return t.to(device=device or t.device, dtype=torch.float32).contiguous(memory_format=memory_format)
+
     def prepare(self, model: TryOnModel) -> TryOnModel:
         """Put ``model`` in eval mode and apply BatchNorm folding / channels_last / compile **in place**; returns it.
 
@@ -130,7 +137,15 @@ class InferenceMode:
             fold_batchnorm(model)  # before channels_last: the folded weights are converted with the rest
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.autocast_dtype is not None:
+            cast_conv_weights(model, self.autocast_dtype)  # autocast would recast them on every call
         if self.compile:
+            # Inference only, weights constant: inductor may fold them into the graph and prepack them for oneDNN
+            # (its CPU inference recipe). Compiled code is cached under TORCHINDUCTOR_CACHE_DIR (default
+            # /tmp/torchinductor_<user>), which later runs on the node reuse; docs/model-speed.md has the costs.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
             for module in (
                 model.warp.image_features,
                 model.warp.cond_features,
@@ -165,8 +180,7 @@ class TryOnPredictor:
         return stack
 
     def _input(self, t: Tensor) -> Tensor:
-        memory_format = torch.channels_last if self.mode.channels_last else torch.contiguous_format
-        return t.to(device=self.device, dtype=torch.float32).contiguous(memory_format=memory_format)
+        return self.mode.input(t, self.device)
 
     @staticmethod
     def _output(out: TryOnOutput) -> TryOnOutput:

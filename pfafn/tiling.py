@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from pfafn.nn.flow import memory_format_of
 from pfafn.tryon import TryOnModel, TryOnOutput
 
 
@@ -59,6 +60,14 @@ def encode_tile(
     )
 
 
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(0, index)`` in ``t``'s memory format: index_select allocates NCHW, so a channels_last
+    pyramid would be gathered into NCHW and converted back by the next convolution (two copies instead of one)."""
+    if memory_format_of(t) == torch.channels_last:
+        return t.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return t.index_select(0, index)
+
+
 @torch.inference_mode()
 def tryon_pairs(
     model: TryOnModel,
@@ -78,10 +87,10 @@ def tryon_pairs(
         g = g_idx[start : start + batch_size]
         p = p_idx[start : start + batch_size]
         out = model.from_features(
-            tile.persons.index_select(0, p),
-            tuple(level.index_select(0, p) for level in tile.person_pyramid),
-            tile.garments.index_select(0, g),
-            tile.garment_masks.index_select(0, g),
-            tuple(level.index_select(0, g) for level in tile.garment_pyramid),
+            _gather(tile.persons, p),
+            tuple(_gather(level, p) for level in tile.person_pyramid),
+            _gather(tile.garments, g),
+            _gather(tile.garment_masks, g),
+            tuple(_gather(level, g) for level in tile.garment_pyramid),
         )
         yield slice(start, start + g.numel()), out

@@ -31,6 +31,7 @@ from typing import Any, Callable, ClassVar, Iterator, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipelines.core.allocator import keep_freed_memory
 from pipelines.core.config import ConfigError, absolute_paths, check_choices, check_size, require
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class BatchStageConfig(RayStageConfig):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"  # see resolve_channels_last
     compile: bool = False
+    # Heap memory each CPU model actor keeps for reuse instead of returning it to the kernel
+    # (pipelines.core.allocator): large tensors then cost no page faults; 0 leaves malloc's defaults.
+    malloc_cache_mb: int = 512
     min_mask_confidence: float = 0.5
     max_error_rate: float = 1.0
     gallery_size: int = 24
@@ -99,6 +103,8 @@ class BatchStageConfig(RayStageConfig):
         check_size(where, self.height, self.width)
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ConfigError(f"{where}: max_error_rate must be within [0, 1]")
+        if self.malloc_cache_mb < 0:
+            raise ConfigError(f"{where}: malloc_cache_mb must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -295,15 +301,11 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if native else "fp32"
 
 
-def resolve_channels_last(channels_last: bool | str, device: str, precision: str) -> bool:
-    """``auto`` -> NHWC on CUDA (tensor-core convolutions) and for fp32 on CPU; plain NCHW for bf16/fp16 on CPU.
-
-    Measured on an AVX512-BF16 CPU: bf16 autocast ran 1.06-1.29× faster without channels_last in
-    docs/model-speed.md (in the catalog benchmark the two swapped places between runs), fp32 ~1.12× faster with it.
-    ``precision`` is the resolved one (not ``auto``)."""
-    if channels_last != "auto":
-        return bool(channels_last)
-    return device == "cuda" or precision == "fp32"
+def resolve_channels_last(channels_last: bool | str) -> bool:
+    """``auto`` -> NHWC: cuDNN's tensor-core convolutions want it on CUDA, and on an AVX512-BF16 CPU the tiled
+    bf16 forward ran 1.2× faster with it once inputs, gathered pyramids and warped features stay NHWC, fp32 1.1×
+    (docs/model-speed.md; before that, plain NCHW was faster for bf16 on CPU)."""
+    return True if channels_last == "auto" else bool(channels_last)
 
 
 def stack_ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -329,6 +331,8 @@ class UnitActor:
         self.device = cfg["device"]
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg["torch_threads"]))
+        if self.device == "cpu":  # CUDA tensors come from torch's caching allocator already
+            keep_freed_memory(int(cfg.get("malloc_cache_mb", 0)))
         self.batch_size = int(cfg["batch_size"])
 
     def inference_mode(self, cfg: dict):
@@ -336,7 +340,7 @@ class UnitActor:
         from pfafn.inference import InferenceMode
 
         self.precision = resolve_precision(cfg["precision"], self.device)
-        channels_last = resolve_channels_last(cfg["channels_last"], self.device, self.precision)
+        channels_last = resolve_channels_last(cfg["channels_last"])
         return InferenceMode(dtype=self.precision, channels_last=channels_last, compile=cfg["compile"])
 
     def run_unit(self, meta: dict, *arrays: np.ndarray) -> tuple[dict, np.ndarray]:

@@ -320,14 +320,12 @@ def test_catalog_on_s3(ray_session, s3_bucket, tmp_path):
     assert storage.exists(storage.join_uri(out, "_lock", "000000000002.released"))
 
 
-def test_channels_last_auto_follows_device_and_precision():
+def test_channels_last_auto_is_nhwc():
     from pipelines.batch import resolve_channels_last
 
-    assert resolve_channels_last("auto", "cuda", "bf16") is True
-    assert resolve_channels_last("auto", "cpu", "fp32") is True
-    assert resolve_channels_last("auto", "cpu", "bf16") is False
-    assert resolve_channels_last(False, "cuda", "bf16") is False
-    assert resolve_channels_last(True, "cpu", "bf16") is True
+    assert resolve_channels_last("auto") is True
+    assert resolve_channels_last(False) is False
+    assert resolve_channels_last(True) is True
     cfg = CatalogConfig(garments="g.parquet", models="m.parquet", output="out", student="s.pt", channels_last="yes")
     with pytest.raises(ConfigError, match=r"channels_last must be one of true\|false\|auto"):
         cfg.validate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pfafn.fuse import fold_batchnorm
+from pfafn.fuse import cast_conv_weights, fold_batchnorm
 from pfafn.inference import InferenceMode
 from pfafn.tutor import TutorModel
 from tests.model_helpers import SMALL, randomize_bn, single_thread, small_tryon_model  # noqa: F401
@@ -64,3 +64,27 @@ def test_fold_flag_parsing_round_trips():
     for spec in ("bf16", "bf16+nofold", "fp32+fold", "fp16+channels_last+compile"):
         assert InferenceMode.parse(str(InferenceMode.parse(spec))) == InferenceMode.parse(spec)
     assert str(InferenceMode("bf16", channels_last=True)) == "bf16+channels_last"
+
+
+def test_reduced_precision_stores_conv_weights_once_with_the_same_arithmetic(pair):
+    """bf16 prepare stores conv weights in bf16 (autocast no longer recasts them per call), except the flow heads'
+    offset convs, which run in fp32; outputs equal those of the same model with fp32 weights under autocast."""
+    mode = InferenceMode.parse("bf16+channels_last")
+    model = mode.prepare(small_tryon_model())
+    offset = {id(c) for c in model.warp.aflow_net.offset_convs()}
+    convs = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
+    assert len(offset) == 10 and all(c.weight.dtype == torch.float32 for c in convs if id(c) in offset)
+    assert all(c.weight.dtype == torch.bfloat16 and (c.bias is None or c.bias.dtype == torch.bfloat16)
+               for c in convs if id(c) not in offset)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs if c.kernel_size != (1, 1))
+    assert cast_conv_weights(model, torch.bfloat16) == len(convs) - 10  # idempotent: already bf16
+    widened = mode.prepare(small_tryon_model())  # folded + channels_last, weights back in fp32 (same values)
+    for c in widened.modules():
+        if type(c) is torch.nn.Conv2d:
+            for p in (c.weight, c.bias):
+                if p is not None:
+                    p.data = p.data.float()
+    person, garment, mask = (mode.input(t) for t in pair)
+    with torch.inference_mode(), mode.autocast("cpu"):
+        out, ref = model(person, garment, mask), widened(person, garment, mask)
+    assert torch.equal(out.tryon, ref.tryon) and torch.equal(out.flow, ref.flow)

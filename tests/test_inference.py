@@ -112,9 +112,11 @@ def test_prepare_and_autocast_drive_the_model_directly(pair):
     torch.testing.assert_close(out.tryon, ref.tryon, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 8, 6), (3, 40, 5, 3), (1, 256, 4, 9)])
-def test_bf16_correlation_gemm_matches_the_formula(shape):
+@pytest.mark.parametrize("block", [24, 4])  # the default; tiny blocks: several per row, rows rounded up to blocks
+@pytest.mark.parametrize("shape", [(2, 16, 8, 6), (3, 40, 5, 3), (1, 256, 4, 9), (1, 8, 5, 43), (2, 8, 3, 96)])
+def test_bf16_correlation_gemm_matches_the_formula(shape, block, monkeypatch):
     """The bf16 GEMM cost volume = the exact formula on the bf16-rounded inputs, up to the bf16 output rounding."""
+    monkeypatch.setattr("pfafn.nn.correlation._GEMM_BLOCK", block)
     g = torch.Generator().manual_seed(4)
     first, second = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
     exact = local_correlation(first.bfloat16().double(), second.bfloat16().double())

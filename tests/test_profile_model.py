@@ -12,8 +12,10 @@ from tests.model_helpers import single_thread  # noqa: F401
 def test_quick_profile_groups_by_scope_and_op(tmp_path, single_thread):  # noqa: F811
     out, md = tmp_path / "p.json", tmp_path / "p.md"
     result = profile_model.main(["--quick", "--garments", "1", "--models", "2", "--batch-size", "2",
-                                 "--device", "cpu", "--output", str(out), "--markdown", str(md)])
+                                 "--device", "cpu", "--malloc-cache-mb", "0",  # leave this test process's malloc alone
+                                 "--output", str(out), "--markdown", str(md)])
     assert json.loads(out.read_text())["pairs"] == 2
+    assert result["malloc_cache_mb"] == 0 and result["minor_page_faults_per_tile"] >= 0
     prof = result["profile"]
     scopes = {s["scope"] for s in prof["by_scope"]}
     assert {"garment_encoder", "person_FPN", "flow_network", "flow_network.netMain", "generator"} <= scopes

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .correlation import local_correlation
-from .flow import compose_flows, fp32_region, offset_to_grid, upsample_flow, warp
+from .flow import compose_flows, fp32_region, like, offset_to_grid, upsample_flow, warp
 
 __all__ = [
     "NUM_LEVELS",
@@ -231,6 +231,11 @@ class AFlowNet(nn.Module):
         self.netMain = nn.ModuleList(_flow_head(CORRELATION_CHANNELS, hidden_channels) for _ in range(num_pyramid))
         self.netRefine = nn.ModuleList(_flow_head(2 * fpn_dim, hidden_channels) for _ in range(num_pyramid))
 
+    def offset_convs(self) -> list[nn.Conv2d]:
+        """The last (→ 2 channel) conv of every head: it computes the flow itself and always runs in fp32, so an
+        inference-only weight cast (``pfafn.fuse.cast_conv_weights``) leaves it alone."""
+        return [head[-1] for heads in (self.netMain, self.netRefine) for head in heads]
+
     @staticmethod
     def _offset(head: nn.Sequential, x: Tensor) -> Tensor:
         """Run a netMain / netRefine stack; its last (→2 channel) conv in fp32: the output is a pixel offset."""
@@ -279,7 +284,7 @@ class AFlowNet(nn.Module):
             grid = offset_to_grid(delta)
             flow = grid if last_flow is None else compose_flows(last_flow, grid)
             # Refinement warps the *original* garment feature with the new flow (not detached).
-            refined_input = torch.cat([warp(feat_garment, flow).to(feat_person.dtype), feat_person], dim=1)
+            refined_input = torch.cat([like(warp(feat_garment, flow), feat_person), feat_person], dim=1)
             delta_refine = self._offset(self.netRefine[i], refined_input)
             flow = compose_flows(flow, offset_to_grid(delta_refine))
             last_flow = upsample_flow(flow, 2)

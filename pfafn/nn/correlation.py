@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .flow import memory_format_of
+
 __all__ = ["local_correlation"]
 
 
@@ -108,18 +110,19 @@ def _bf16_gemm_applies(first: Tensor, second: Tensor) -> bool:
     return not torch.is_grad_enabled()
 
 
-#: Pixels per row block of the GEMMs: each block of ``k`` consecutive pixels is multiplied against the ``k + 2d``
-#: pixels of its shifted neighbourhood, so (k + 2d) / (2d + 1) times the needed products are computed; larger
-#: blocks make larger (more efficient) GEMMs but waste more. 32 was fastest of 16 / 32 / 64 / 128 at 128×96, C 256,
-#: one thread on the 2-core AVX512-BF16 machine (measured under load: indicative).
-_GEMM_BLOCK = 32
+#: Pixels per block of the GEMMs: each block of ``k`` consecutive pixels of ``first`` is multiplied against the
+#: ``k + 2d`` pixels of its shifted neighbourhood, so (k + 2d) / (2d + 1) times the needed products are computed;
+#: larger blocks make larger (more efficient) GEMMs but waste more. 24 (k = 26 at 128×96) was fastest of
+#: 16 / 24 / 32 / 40 / 48 at 128×96 (174 ms vs 193 for 32), within noise of them at 64×48 and 32×24 (C 256,
+#: batch 8, two threads on the 2-core AVX512-BF16 machine; the finest level is ~75 % of the correlation's time).
+_GEMM_BLOCK = 24
 
 
-def _flat_nhwc(x: Tensor, d: int, top: int, left: int, length: int) -> Tensor:
+def _flat_nhwc(x: Tensor, d: int, row: int, top: int, left: int, length: int) -> Tensor:
     """``x`` (B×C×H×W, any float dtype) as a zero-filled bf16 (length)×C row-major pixel sequence on a
-    B×(H+2d)×(W+2d) canvas; the cast to bf16 and the NHWC transpose are one copy."""
+    B×(H+2d)×row canvas; the cast to bf16 and the NHWC transpose are one copy."""
     batch, channels, height, width = x.shape
-    canvas = (batch, height + 2 * d, width + 2 * d, channels)
+    canvas = (batch, height + 2 * d, row, channels)
     buf = x.new_zeros(length, channels, dtype=torch.bfloat16)
     buf[: canvas[0] * canvas[1] * canvas[2]].view(canvas)[:, top : top + height, left : left + width] = x.permute(
         0, 2, 3, 1
@@ -130,30 +133,30 @@ def _flat_nhwc(x: Tensor, d: int, top: int, left: int, length: int) -> Tensor:
 def _correlation_bf16_gemm(first: Tensor, second: Tensor, d: int) -> Tensor:
     """The cost volume as batched bf16 GEMMs (fp32 accumulation inside the GEMM, bf16 result).
 
-    Both features are laid out NHWC as one pixel sequence on the zero-padded (H+2d)×(W+2d) canvas of ``second``
-    (``first`` in the top-left H×W of each canvas). With row length ``Wp = W + 2d``, the neighbour (dy, dx) of
-    sequence position i is position ``i + dy·Wp + dx`` of the padded ``second``: for each dy, a block of k
-    consecutive pixels of ``first`` times the next k + 2d pixels of ``second`` (two non-overlapping strided views,
-    one copy: the 2d-wide one, whose batch stride is not its size, is copied inside ``bmm``) gives a k×(k+2d)
-    product whose diagonals ``[i, i + dx]`` are the 2d+1 wanted values.
+    Both features are laid out NHWC as one pixel sequence on the zero-padded canvas of ``second``: B images of
+    H + 2d rows of ``row`` pixels, ``row`` = W + 2d rounded up to a multiple of the block size k, which is chosen
+    near ``_GEMM_BLOCK`` so that little or no rounding is needed (``first`` in the top-left H×W of each canvas). The neighbour (dy, dx) of sequence position i is then position ``i + dy·row + dx``
+    of the padded ``second``. The k + 2d-pixel window of ``second`` that follows each k-pixel block is copied once
+    (``windows``, ~1.2× the canvas); since ``row`` is a multiple of k, the windows for shift dy are the same ones,
+    ``dy·row / k`` blocks further on, so each dy is one contiguous batched GEMM: a k×C block of ``first`` times a
+    C×(k + 2d) window, whose diagonals ``[i, i + dx]`` are the 2d + 1 wanted values.
     """
-    size, k = 2 * d + 1, _GEMM_BLOCK
+    size = 2 * d + 1
     batch, channels, height, width = first.shape
-    wp = width + 2 * d
-    total = batch * (height + 2 * d) * wp
-    blocks = -(-total // k)
-    padded = _flat_nhwc(second, d, d, d, blocks * k + 2 * d * wp + k)
-    first_blocks = _flat_nhwc(first, d, 0, 0, blocks * k).view(blocks, k, channels)
+    per_row = max(1, round((width + 2 * d) / _GEMM_BLOCK))  # blocks per canvas row: k ≈ _GEMM_BLOCK, row ≈ W + 2d
+    k = -(-(width + 2 * d) // per_row)
+    row = k * per_row
+    blocks = batch * (height + 2 * d) * row // k  # the canvas, in blocks; first's blocks past its rows are zeros
+    n_windows = blocks + (size - 1) * per_row  # the last dy reaches (size - 1) canvas rows past the canvas
+    padded = _flat_nhwc(second, d, row, d, d, n_windows * k + 2 * d)
+    windows = padded.as_strided((n_windows, k + 2 * d, channels), (k * channels, channels, 1))
+    windows = windows.contiguous().transpose(1, 2)  # the one copy (whole pixels): overlapping windows → GEMM operand
+    first_blocks = _flat_nhwc(first, d, row, 0, 0, blocks * k).view(blocks, k, channels)
     out = first_blocks.new_empty(blocks, k, size, size)
     for dy in range(size):
-        offset = dy * wp * channels
-        main = torch.bmm(first_blocks, padded.as_strided((blocks, channels, k), (k * channels, 1, channels), offset))
-        tail = torch.bmm(first_blocks, padded.as_strided((blocks, channels, 2 * d), (k * channels, 1, channels),
-                                                         offset + k * channels))
-        products = torch.cat([main, tail], dim=2)  # blocks×k×(k+2d)
+        products = torch.bmm(first_blocks, windows[dy * per_row : dy * per_row + blocks])  # blocks×k×(k+2d)
         out[:, :, dy] = products.as_strided((blocks, k, size), (k * (k + 2 * d), k + 2 * d + 1, 1))
-    out = out.view(blocks * k, size * size)[:total].view(batch, height + 2 * d, wp, size * size)[:, :height, :width]
+    out = out.view(batch, height + 2 * d, row, size * size)[:, :height, :width]
     # The next convolution runs in the features' layout: a channels_last volume for channels_last features (no
     # conversion), plain NCHW otherwise (NCHW weights would make oneDNN reorder per call).
-    layout = torch.channels_last if second.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return (out.permute(0, 3, 1, 2) * (1.0 / channels)).contiguous(memory_format=layout)
+    return (out.permute(0, 3, 1, 2) * (1.0 / channels)).contiguous(memory_format=memory_format_of(second))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fp32_region", "offset_to_grid", "compose_flows", "warp", "upsample_flow", "identity_grid"]
+__all__ = ["fp32_region", "offset_to_grid", "compose_flows", "warp", "upsample_flow", "identity_grid", "like"]
 
 
 def fp32_region(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -31,6 +31,21 @@ def fp32_region(device: torch.device | str) -> contextlib.AbstractContextManager
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``channels_last`` for an NHWC-strided 4-D tensor (with more than one channel), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def like(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` in ``ref``'s dtype and memory format, in one copy (none when both already match).
+
+    ``grid_sample`` returns NCHW fp32 whatever its input's layout; converting its output straight to the
+    activations' bf16 NHWC avoids a second, layout-only copy by the ``torch.cat`` / convolution that follows."""
+    return x.to(dtype=ref.dtype, memory_format=memory_format_of(ref))
 
 
 def _pixel_coordinates(height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -332,11 +332,11 @@ class TryOnActor(UnitActor):
         dev = self.device
 
         def to_t(a):
-            return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+            return self.mode.input(torch.from_numpy(np.ascontiguousarray(a)), dev)
 
-        person_t = torch.stack([to_t(imageio.to_model_tensor(persons[i])) for i in m_used])
-        garment_t = torch.stack([to_t(imageio.to_model_tensor(garments[i])) for i in g_used])
-        mask_t = to_t(masks[g_used].astype(np.float32) / 255.0).unsqueeze(1)
+        person_t = to_t(imageio.to_model_tensor(persons[m_used]))
+        garment_t = to_t(imageio.to_model_tensor(garments[g_used]))
+        mask_t = to_t(masks[g_used, None].astype(np.float32) / 255.0)
         with self.mode.autocast(dev):
             tile = encode_tile(self.model, person_t, garment_t, mask_t, chunk=self.batch_size)
             for sl, out in tryon_pairs(self.model, tile, g_local, m_local, batch_size=self.batch_size):
