@@ -242,7 +242,8 @@ def main(argv=None) -> dict:
     fp32_runs = [bench_tiled(model, InferenceMode("fp32"), persons, garments, masks, pairs, batch, device)
                  for _ in range(repeats)]
     fp32_out = fp32_runs[0][1]
-    result["tile_gflop_per_pair"] = round(_tile_flops(model, persons, garments, masks, pairs, batch) / len(pairs) / 1e9, 2)
+    tile_flops = _tile_flops(model, persons, garments, masks, pairs, batch)
+    result["tile_gflop_per_pair"] = round(tile_flops / len(pairs) / 1e9, 2)
     result["tiled_fp32_pairs_per_s"] = _median([r for r, _ in fp32_runs])
     result["tiled_fp32_pairs_per_s_all"] = [round(r, 3) for r, _ in fp32_runs]
 

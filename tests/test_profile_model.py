@@ -11,7 +11,7 @@ from tests.model_helpers import single_thread  # noqa: F401
 
 def test_quick_profile_groups_by_scope_and_op(tmp_path, single_thread):  # noqa: F811
     out, md = tmp_path / "p.json", tmp_path / "p.md"
-    result = profile_model.main(["--quick", "--garments", "1", "--models", "2", "--batch-size", "2",
+    result = profile_model.main(["--quick", "--garments", "1", "--models", "2", "--batch-size", "2", "--repeats", "1",
                                  "--device", "cpu", "--malloc-cache-mb", "0",  # leave this test process's malloc alone
                                  "--output", str(out), "--markdown", str(md)])
     assert json.loads(out.read_text())["pairs"] == 2

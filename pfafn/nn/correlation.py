@@ -135,8 +135,9 @@ def _correlation_bf16_gemm(first: Tensor, second: Tensor, d: int) -> Tensor:
 
     Both features are laid out NHWC as one pixel sequence on the zero-padded canvas of ``second``: B images of
     H + 2d rows of ``row`` pixels, ``row`` = W + 2d rounded up to a multiple of the block size k, which is chosen
-    near ``_GEMM_BLOCK`` so that little or no rounding is needed (``first`` in the top-left H×W of each canvas). The neighbour (dy, dx) of sequence position i is then position ``i + dy·row + dx``
-    of the padded ``second``. The k + 2d-pixel window of ``second`` that follows each k-pixel block is copied once
+    near ``_GEMM_BLOCK`` so that little or no rounding is needed (``first`` in the top-left H×W of each canvas).
+    The neighbour (dy, dx) of sequence position i is then position ``i + dy·row + dx`` of the padded ``second``.
+    The k + 2d-pixel window of ``second`` that follows each k-pixel block is copied once
     (``windows``, ~1.2× the canvas); since ``row`` is a multiple of k, the windows for shift dy are the same ones,
     ``dy·row / k`` blocks further on, so each dy is one contiguous batched GEMM: a k×C block of ``first`` times a
     C×(k + 2d) window, whose diagonals ``[i, i + dx]`` are the 2d + 1 wanted values.
