@@ -1,4 +1,4 @@
-# make setup : create/update .venv in one pip command (pins in constraints.txt) and install Chromium where missing
+# make setup : create/update .venv in one pip command (pins: constraints.txt + infra/requirements.lock) and install Chromium where missing
 # make demo  : run every stage end to end on a generated synthetic world (local Ray, runs/demo)
 # make test  : run the test suite (without the `slow` tests; CI runs this)
 # make test-all: every test, `slow` ones included (long training runs, torch.compile, the claim smoke run)
@@ -18,9 +18,9 @@ chromium:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt infra/requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --upgrade --quiet -c constraints.txt -c infra/requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 demo: setup

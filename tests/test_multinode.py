@@ -190,6 +190,7 @@ def _parts(output: str) -> int:
     return len(storage.list_files(root, suffix=".parquet")) if storage.exists(root) else 0
 
 
+@pytest.mark.slow  # ~75 s; test_catalog_tryon's killed-run test is the default suite's toy version
 def test_node_killed_mid_catalog_run_then_rerun_is_exactly_once(ray_cluster, catalog, bucket, s3_server):
     output = f"{bucket}/tryon-c"
     client = _client(ray_cluster)

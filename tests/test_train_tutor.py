@@ -105,6 +105,7 @@ def test_tutor_trains_resumes_after_a_kill_and_rerun_does_nothing(ray_session, d
     assert again["version"] == summary["version"]
 
 
+@pytest.mark.slow  # three training runs, ~160 s; the kill/resume test above is the default suite's training run
 def test_a_longer_plan_after_a_finished_one_trains_again(ray_session, data_root, tmp_path):
     """A finished phase whose plan changed starts afresh (the documented rule, docs/training.md): more epochs run
     every step of the new plan, the summary says so, and the version changes with the weights."""

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fp32_region", "offset_to_grid", "compose_flows", "warp", "upsample_flow", "identity_grid", "like"]
+__all__ = ["fp32_region", "offset_to_grid", "compose_flows", "warp", "upsample_flow", "identity_grid", "like",
+           "memory_format_of"]
 
 
 def fp32_region(device: torch.device | str) -> contextlib.AbstractContextManager:
