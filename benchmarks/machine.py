@@ -26,9 +26,8 @@ CONV_SHAPES = ((64, 64, 128, 96), (128, 128, 64, 48), (256, 256, 32, 24), (512, 
 def conv_rate(device: str = "cpu", dtype: str = "bf16", channels_last: bool = True, batch: int = 8,
               repeats: int = 3) -> dict:
     """GFLOP/s of plain 3×3 convolutions (stride 1, padding 1, bias) at :data:`CONV_SHAPES`, batch ``batch``,
-    best of ``repeats`` calls each after one warm-up; FLOPs = 2 · N · Cout · Cin · 9 · H · W (a multiply-add
-    is 2).
-    Weights and inputs are already in ``dtype`` and the memory format (no autocast casts)."""
+    best of ``repeats`` calls each after one warm-up; FLOPs = 2 · N · Cout · Cin · 9 · H · W (a multiply-add is
+    2). Weights and inputs are already in ``dtype`` and the memory format (no autocast casts)."""
     import time
 
     import torch
