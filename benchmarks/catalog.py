@@ -110,14 +110,21 @@ def bench_tiled(model, mode: InferenceMode, persons, garments, masks, pairs, bat
     return len(pairs) / (time.perf_counter() - t0), out
 
 
+def _prepared_copy(model, widths, mode: InferenceMode, device):
+    """A copy of ``model`` prepared for ``mode`` (prepare converts in place: one model per mode)."""
+    m = TryOnModel(widths).eval().to(device)
+    m.load_state_dict(model.state_dict())
+    return mode.prepare(m)
+
+
 def _tile_flops(model, persons, garments, masks, pairs, batch) -> int:
     """Convolution FLOPs of one fp32 tile (FlopCounterMode; the fp32 correlation is elementwise, not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        tile = encode_tile(model, persons, garments, masks, chunk=batch)
-        for _ in tryon_pairs(model, tile, [g for g, _ in pairs], [p for _, p in pairs], batch_size=batch):
-            pass
+    from benchmarks.profile_model import _run_tile
+
+    with FlopCounterMode(display=False) as counter:
+        _run_tile(model, InferenceMode("fp32"), persons, garments, masks, pairs, batch, str(persons.device))
     return counter.get_total_flops()
 
 
@@ -125,9 +132,7 @@ def bench_compiled(model, widths, spec, persons, garments, masks, pairs, batch, 
     """(c) with ``torch.compile``: the first tile (compilation of each new shape, inductor cache as configured by
     ``TORCHINDUCTOR_CACHE_DIR``) timed apart from the steady-state rate."""
     mode = InferenceMode.parse(spec + "+compile")
-    m = TryOnModel(widths).eval().to(device)
-    m.load_state_dict(model.state_dict())
-    m = mode.prepare(m)
+    m = _prepared_copy(model, widths, mode, device)
     t0 = time.perf_counter()
     bench_tiled(m, mode, persons, garments, masks, pairs, batch, device)  # compiles every shape a tile uses
     first = time.perf_counter() - t0
@@ -253,9 +258,7 @@ def main(argv=None) -> dict:
     trials, prepared = [], {}
     for spec in candidates:
         mode = InferenceMode.parse(spec)
-        m = TryOnModel(widths).eval().to(device)
-        m.load_state_dict(model.state_dict())
-        prepared[spec] = m = mode.prepare(m)
+        prepared[spec] = m = _prepared_copy(model, widths, mode, device)
         rate, out = bench_tiled(m, mode, persons, garments, masks, pairs, batch, device)
         q = psnr(to_unit_range(out.float()), to_unit_range(fp32_out)).min().item()
         trials.append({"mode": spec, "pairs_per_s": round(rate, 3), "min_psnr_db": round(q, 2)})

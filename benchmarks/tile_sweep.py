@@ -23,20 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import add_malloc_flag, apply_malloc, cpu_name  # noqa: E402
+from benchmarks.profile_model import _run_tile  # noqa: E402  (what the catalog actor runs per tile)
 from pfafn.inference import InferenceMode  # noqa: E402
-from pfafn.tiling import encode_tile, tryon_pairs  # noqa: E402
 from pfafn.tryon import TryOnModel  # noqa: E402
 
 
 def _tile_seconds(model, mode, persons, garments, masks, n: int, batch: int, device: str) -> float:
-    pairs = list(itertools.product(range(n), range(n)))
     start = time.perf_counter()
-    with torch.inference_mode(), mode.autocast(device):
-        tile = encode_tile(model, persons[:n], garments[:n], masks[:n], chunk=batch)
-        for _sl, out in tryon_pairs(model, tile, [g for g, _ in pairs], [p for _, p in pairs], batch_size=batch):
-            out.tryon.float()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    _run_tile(model, mode, persons[:n], garments[:n], masks[:n], list(itertools.product(range(n), range(n))), batch,
+              device)
     return time.perf_counter() - start
 
 
